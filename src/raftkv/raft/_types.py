@@ -1,0 +1,214 @@
+"""The values that cross the boundary between the consensus core and its host.
+
+Every type here is a frozen, slotted dataclass (or an enum), so values compare by
+content and can be shared between the core, the host and the tests without copies.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import msgpack
+
+#: Node ids are positive integers; 0 means "nobody" (no vote, no known leader).
+NONE = 0
+
+
+class EntryType(enum.IntEnum):
+    NORMAL = 0
+    CONF_CHANGE = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One slot of the replicated log."""
+
+    term: int
+    index: int
+    type: EntryType = EntryType.NORMAL
+    data: bytes = b""
+
+
+def entry_size_bytes(entry: Entry) -> int:
+    """The size an entry counts for in byte budgets (payload plus a fixed header)."""
+    return len(entry.data) + 16
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The state a node must persist before it answers any message that depends on it."""
+
+    term: int = 0
+    vote: int = NONE
+    commit: int = 0
+
+
+EMPTY_HARD_STATE = HardState()
+
+
+class Role(enum.IntEnum):
+    FOLLOWER = 0
+    PRE_CANDIDATE = 1
+    CANDIDATE = 2
+    LEADER = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state the host may want to observe (never persisted)."""
+
+    leader_id: int
+    role: Role
+
+
+class ConfChangeType(enum.IntEnum):
+    ADD_NODE = 0
+    REMOVE_NODE = 1
+    ADD_LEARNER = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ConfChange:
+    """A single-server membership change. `context` is opaque to the core; the
+    server puts the new member's peer URL there."""
+
+    type: ConfChangeType
+    node_id: int
+    context: bytes = b""
+
+    def encode(self) -> bytes:
+        data: bytes = msgpack.packb([int(self.type), self.node_id, self.context])
+        return data
+
+    @classmethod
+    def decode(cls, data: bytes) -> ConfChange:
+        kind, node_id, context = msgpack.unpackb(data)
+        return cls(ConfChangeType(kind), int(node_id), bytes(context))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfState:
+    """The membership of the cluster: voters and learners, each sorted."""
+
+    voters: tuple[int, ...] = ()
+    learners: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMetadata:
+    index: int = 0
+    term: int = 0
+    conf_state: ConfState = field(default_factory=ConfState)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The state machine's bytes as of `metadata.index`, plus the membership then."""
+
+    metadata: SnapshotMetadata = field(default_factory=SnapshotMetadata)
+    data: bytes = b""
+
+    @property
+    def is_empty(self) -> bool:
+        return self.metadata.index == 0
+
+
+EMPTY_SNAPSHOT = Snapshot()
+
+
+class MessageType(enum.IntEnum):
+    """Messages between nodes. PROP, READ_INDEX and TRANSFER_LEADER may also arrive
+    from the local host through `RawNode.step`, and are forwarded to the leader."""
+
+    APP = 0
+    APP_RESP = 1
+    VOTE = 2
+    VOTE_RESP = 3
+    PRE_VOTE = 4
+    PRE_VOTE_RESP = 5
+    HEARTBEAT = 6
+    HEARTBEAT_RESP = 7
+    SNAP = 8
+    PROP = 9
+    READ_INDEX = 10
+    READ_INDEX_RESP = 11
+    TIMEOUT_NOW = 12
+    TRANSFER_LEADER = 13
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A Raft message. Fields unused by a type stay at their defaults.
+
+    - APP: `log_term`/`index` locate the entry before `entries`; `commit` is the
+      leader's commit index.
+    - APP_RESP: `index` is the last index now matching (accept) or the rejected
+      index (reject); `reject_hint` is the follower's last index and `log_term` the
+      term at that hint, so the leader can skip a whole conflicting term at once.
+    - VOTE / PRE_VOTE: `log_term`/`index` describe the candidate's last entry.
+    - HEARTBEAT / HEARTBEAT_RESP / READ_INDEX / READ_INDEX_RESP: `context` carries
+      the ReadIndex request context; READ_INDEX_RESP's `index` is the read index.
+    - SNAP: `snapshot` is the snapshot to install.
+    """
+
+    type: MessageType
+    to: int
+    frm: int
+    term: int = 0
+    log_term: int = 0
+    index: int = 0
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+    reject: bool = False
+    reject_hint: int = 0
+    snapshot: Snapshot | None = None
+    context: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """The answer to a ReadIndex request: once the host has applied up to `index`,
+    a read that was issued with `request_ctx` may be served from local state."""
+
+    index: int
+    request_ctx: bytes
+
+
+@dataclass(slots=True)
+class Ready:
+    """Everything the host must do after one batch of input. See the host contract
+    in `raftkv.raft`'s module docstring for the order."""
+
+    soft_state: SoftState | None = None
+    hard_state: HardState | None = None
+    entries: list[Entry] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    committed_entries: list[Entry] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    #: True when `entries` or `hard_state` (term or vote) must be fsynced before
+    #: `messages` are sent. A commit-index-only change needs no fsync.
+    must_sync: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressStatus:
+    match: int
+    next: int
+    state: str
+    recent_active: bool
+    is_learner: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    id: int
+    hard_state: HardState
+    soft_state: SoftState
+    applied: int
+    last_index: int
+    conf_state: ConfState
+    lead_transferee: int
+    #: Only filled on the leader.
+    progress: dict[int, ProgressStatus] = field(default_factory=dict)

@@ -185,7 +185,11 @@ class Ready:
     entries: list[Entry] = field(default_factory=list)
     snapshot: Snapshot | None = None
     committed_entries: list[Entry] = field(default_factory=list)
+    #: Messages to send only after `entries`, `hard_state` and `snapshot` are durable.
     messages: list[Message] = field(default_factory=list)
+    #: A leader's appends and heartbeats: they do not depend on this Ready's own
+    #: persistence, so the host may send them before or while it writes.
+    early_messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     #: True when `entries` or `hard_state` (term or vote) must be fsynced before
     #: `messages` are sent. A commit-index-only change needs no fsync.

@@ -1,13 +1,14 @@
 """The values that cross the boundary between the consensus core and its host.
 
-Every type here is a frozen, slotted dataclass (or an enum), so values compare by
-content and can be shared between the core, the host and the tests without copies.
+Every type here is a frozen, slotted dataclass, a NamedTuple or an enum, so values
+compare by content and can be shared between the core, the host and the tests without copies.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import msgpack
 
@@ -20,9 +21,13 @@ class EntryType(enum.IntEnum):
     CONF_CHANGE = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One slot of the replicated log."""
+class Entry(NamedTuple):
+    """One slot of the replicated log.
+
+    A NamedTuple rather than a frozen dataclass: entries are created on the hottest
+    path (every proposal, every decoded append) and a tuple is ~4x cheaper to build,
+    while keeping value semantics and immutability.
+    """
 
     term: int
     index: int

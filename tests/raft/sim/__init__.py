@@ -1,0 +1,1 @@
+"""Deterministic simulation of a raftkv.raft cluster: harness and tests."""

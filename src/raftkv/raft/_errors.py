@@ -45,3 +45,12 @@ class SnapshotOutOfDateError(StorageError):
 
 class SnapshotTemporarilyUnavailable(StorageError):
     """The storage cannot produce a snapshot right now; the core retries later."""
+
+
+class InvalidConfChange(RaftError):
+    """The membership change makes no sense for the current configuration (adding an
+    existing voter, removing a non-member or the last voter, a bad node id)."""
+
+
+class LeaderTransferRefused(RaftError):
+    """Leadership cannot be transferred to that node (it is not a voter)."""

@@ -113,9 +113,7 @@ class MemoryStorage:
         self._snapshot = snapshot
         self._entries = [Entry(term=snapshot.metadata.term, index=snapshot.metadata.index)]
 
-    def create_snapshot(
-        self, index: int, conf_state: ConfState | None, data: bytes
-    ) -> Snapshot:
+    def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
         """Record a snapshot of the state machine as of `index` (already applied)."""
         if index <= self._snapshot.metadata.index:
             raise SnapshotOutOfDateError(
@@ -127,9 +125,7 @@ class MemoryStorage:
         metadata = SnapshotMetadata(
             index=index,
             term=self.term(index),
-            conf_state=conf_state
-            if conf_state is not None
-            else self._snapshot.metadata.conf_state,
+            conf_state=conf_state if conf_state is not None else self._snapshot.metadata.conf_state,
         )
         self._snapshot = Snapshot(metadata=metadata, data=data)
         return self._snapshot

@@ -30,7 +30,7 @@ class Entry(NamedTuple):
     """
 
     term: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose
     type: EntryType = EntryType.NORMAL
     data: bytes = b""
 

@@ -1,0 +1,73 @@
+"""Configuration of one Raft node. Every knob says what it trades off."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """The configuration is unsafe or inconsistent; the message says which knob."""
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    #: This node's id: a positive integer, unique in the cluster.
+    id: int
+    #: Ticks a follower waits without hearing from a leader before it campaigns
+    #: (randomized in [election_tick, 2 * election_tick)). Larger means fewer
+    #: spurious elections on a slow network but slower fail-over. Must be well above
+    #: heartbeat_tick, or followers campaign between two heartbeats.
+    election_tick: int = 10
+    #: Ticks between a leader's heartbeats. Smaller detects a lost leader sooner and
+    #: serves ReadIndex faster, at the cost of more messages.
+    heartbeat_tick: int = 1
+    #: Byte cap on the entries of one append message. Larger batches more per
+    #: message; smaller bounds the cost of a message that must be retransmitted.
+    max_size_per_msg_bytes: int = 1 << 20
+    #: How many appends may be in flight to one follower in the replicate state.
+    #: Larger pipelines more on a high-latency link; it bounds the leader's memory.
+    max_inflight_msgs: int = 256
+    #: Byte bound on appends in flight to one follower; 0 means no byte bound.
+    max_inflight_bytes: int = 0
+    #: Cap on the bytes of uncommitted entries a leader accepts before it refuses
+    #: proposals (backpressure); 0 means no cap.
+    max_uncommitted_entries_bytes: int = 0
+    #: Byte cap on the committed entries handed to the host in one Ready.
+    max_applying_bytes: int = 64 << 20
+    #: Pre-vote (Raft thesis 9.6): a node first asks whether it could win before it
+    #: raises its term, so a node rejoining after a partition cannot depose a healthy
+    #: leader or inflate terms.
+    pre_vote: bool = True
+    #: Check quorum: a leader that has not heard from a quorum within an election
+    #: timeout steps down, and followers ignore vote requests while they hear from a
+    #: leader (leader lease). Needed for safe ReadIndex under partitions.
+    check_quorum: bool = True
+    #: The last index the host has applied (on restart: the index of the state
+    #: machine snapshot it restored). Committed entries after it are delivered again.
+    applied: int = 0
+
+    def validate(self) -> None:
+        if self.id <= 0:
+            raise ConfigError(f"node id must be a positive integer, got {self.id}")
+        if self.heartbeat_tick <= 0:
+            raise ConfigError(f"heartbeat_tick must be positive, got {self.heartbeat_tick}")
+        if self.election_tick <= self.heartbeat_tick:
+            raise ConfigError(
+                f"election_tick ({self.election_tick}) must be greater than heartbeat_tick "
+                f"({self.heartbeat_tick}), or followers campaign between heartbeats"
+            )
+        if self.max_inflight_msgs <= 0:
+            raise ConfigError(f"max_inflight_msgs must be positive, got {self.max_inflight_msgs}")
+        if self.max_size_per_msg_bytes <= 0:
+            raise ConfigError("max_size_per_msg_bytes must be positive")
+        if self.max_applying_bytes <= 0:
+            raise ConfigError("max_applying_bytes must be positive")
+        if self.max_inflight_bytes < 0 or self.max_uncommitted_entries_bytes < 0:
+            raise ConfigError("byte caps must be >= 0 (0 means no cap)")
+        if 0 < self.max_inflight_bytes < self.max_size_per_msg_bytes:
+            raise ConfigError(
+                "max_inflight_bytes must be 0 or at least max_size_per_msg_bytes, "
+                "or a single full append could never be sent"
+            )
+        if self.applied < 0:
+            raise ConfigError("applied must be >= 0")

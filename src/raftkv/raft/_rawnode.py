@@ -1,0 +1,223 @@
+"""`RawNode`: the host-facing interface of the consensus core.
+
+The host drives a `RawNode` with input (`tick`, `step`, `propose`, ...) and, whenever
+`has_ready()`, takes one `Ready` and carries it out in the order of the host contract
+(see `raftkv.raft`), then calls `advance(ready)`. Between `ready()` and
+`advance()` the host must not call `ready()` again; any other input is allowed.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ._config import Config
+from ._errors import ProposalDropped
+from ._raft import Raft
+from ._storage import Storage
+from ._types import (
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    ProgressStatus,
+    Ready,
+    Role,
+    SoftState,
+    Status,
+)
+
+
+class RawNode:
+    def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
+        self._raft = Raft(config, storage, rng)
+        self._prev_soft_state = self._raft.soft_state()
+        self._prev_hard_state = self._raft.hard_state()
+        self._ready_pending = False
+
+    # --- input -------------------------------------------------------------------------
+
+    def bootstrap(self, members: list[ConfChange]) -> None:
+        """Start a brand-new cluster: commit one membership entry per initial member.
+
+        Call once, on a node whose storage is empty, with the same list on every
+        initial member. The entries come out in the next Ready both to persist and
+        to apply (the host calls `apply_conf_change` for each, as for any other).
+        """
+        raft = self._raft
+        if raft.log.last_index() != 0 or raft.term != 0:
+            raise ProposalDropped("bootstrap needs empty storage; this node has state")
+        if not members:
+            raise ValueError("bootstrap needs at least one member")
+        entries = [
+            Entry(1, index, EntryType.CONF_CHANGE, change.encode())
+            for index, change in enumerate(members, 1)
+        ]
+        raft.log.append(entries)
+        raft.log.committed = len(entries)
+        raft.term = 1
+        # Apply the membership now so this node can campaign before the host has
+        # applied the entries (the host's apply_conf_change calls are idempotent).
+        for change in members:
+            raft.apply_conf_change(change)
+
+    def tick(self) -> None:
+        """Advance logical time by one tick (election and heartbeat timers)."""
+        self._raft.tick()
+
+    def step(self, message: Message) -> None:
+        """Feed a message received from a peer. Never raises for bad peer input."""
+        if message.type in (MessageType.PROP, MessageType.READ_INDEX) and message.frm == 0:
+            return
+        self._raft.step(message)
+
+    def propose(self, data: bytes) -> None:
+        """Propose one entry. Raises ProposalDropped if it cannot be accepted now."""
+        self.propose_many([data])
+
+    def propose_many(self, datas: list[bytes]) -> None:
+        """Propose several entries as one batch (one append, one message per peer)."""
+        raft = self._raft
+        entries = tuple([Entry(0, 0, EntryType.NORMAL, data) for data in datas])
+        raft.step(Message(MessageType.PROP, to=0, frm=raft.id, entries=entries), local=True)
+
+    def propose_conf_change(self, change: ConfChange) -> None:
+        """Propose a membership change. Raises ConfChangePending if another is in
+        progress and InvalidConfChange if it makes no sense."""
+        raft = self._raft
+        entry = Entry(0, 0, EntryType.CONF_CHANGE, change.encode())
+        raft.step(Message(MessageType.PROP, to=0, frm=raft.id, entries=(entry,)), local=True)
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a read index. The answer is a `ReadState` with this context in a
+        later Ready; a read issued before this call is linearizable once the host has
+        applied up to its index. Use a unique context per request (or per batch)."""
+        raft = self._raft
+        raft.step(Message(MessageType.READ_INDEX, to=0, frm=raft.id, context=context), local=True)
+
+    def transfer_leader(self, transferee: int) -> None:
+        """Ask the leader to hand leadership to `transferee` (a caught-up voter)."""
+        raft = self._raft
+        raft.step(Message(MessageType.TRANSFER_LEADER, to=0, frm=transferee), local=True)
+
+    def campaign(self) -> None:
+        """Start an election now (through pre-vote when it is on)."""
+        self._raft.campaign()
+
+    def apply_conf_change(self, change: ConfChange) -> ConfState:
+        """Apply a committed membership change; returns the new configuration."""
+        return self._raft.apply_conf_change(change)
+
+    def report_unreachable(self, node_id: int) -> None:
+        """The host failed to send to `node_id`: stop streaming to it optimistically."""
+        self._raft.report_unreachable(node_id)
+
+    def report_snapshot(self, node_id: int, ok: bool) -> None:
+        """The snapshot sent to `node_id` was delivered (`ok`) or failed."""
+        self._raft.report_snapshot(node_id, ok)
+
+    # --- output ------------------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        raft = self._raft
+        if raft.msgs or raft.msgs_early or raft.read_states:
+            return True
+        if raft.log.unstable.entries or raft.log.unstable.snapshot is not None:
+            return True
+        if raft.log.has_next_committed_entries():
+            return True
+        if raft.soft_state() != self._prev_soft_state:
+            return True
+        return raft.hard_state() != self._prev_hard_state
+
+    def ready(self) -> Ready:
+        assert not self._ready_pending, "ready() called again before advance()"
+        raft = self._raft
+        log = raft.log
+        rd = Ready(
+            entries=log.unstable_entries(),
+            snapshot=log.unstable.snapshot,
+            committed_entries=log.next_committed_entries(),
+            messages=raft.msgs,
+            early_messages=raft.msgs_early,
+            read_states=raft.read_states,
+        )
+        raft.msgs = []
+        raft.msgs_early = []
+        raft.read_states = []
+        soft_state = raft.soft_state()
+        if soft_state != self._prev_soft_state:
+            rd.soft_state = soft_state
+            self._prev_soft_state = soft_state
+        hard_state = raft.hard_state()
+        prev = self._prev_hard_state
+        if hard_state != prev:
+            rd.hard_state = hard_state
+            self._prev_hard_state = hard_state
+        rd.must_sync = bool(
+            rd.entries
+            or rd.snapshot is not None
+            or hard_state.term != prev.term
+            or hard_state.vote != prev.vote
+        )
+        self._ready_pending = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The host has carried out `rd`: its entries and snapshot are durable, its
+        messages sent and its committed entries applied."""
+        assert self._ready_pending, "advance() without ready()"
+        self._ready_pending = False
+        raft = self._raft
+        if rd.snapshot is not None:
+            raft.log.stable_snapshot_to(rd.snapshot.metadata.index)
+            raft.log.applied = max(raft.log.applied, rd.snapshot.metadata.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            raft.on_persisted(last.index, last.term)
+        raft.on_applied(rd.committed_entries)
+
+    # --- inspection --------------------------------------------------------------------
+
+    @property
+    def id(self) -> int:
+        return self._raft.id
+
+    @property
+    def role(self) -> Role:
+        return self._raft.role
+
+    @property
+    def leader_id(self) -> int:
+        return self._raft.lead
+
+    @property
+    def term(self) -> int:
+        return self._raft.term
+
+    def status(self) -> Status:
+        raft = self._raft
+        progress: dict[int, ProgressStatus] = {}
+        if raft.role is Role.LEADER:
+            progress = {
+                node_id: ProgressStatus(
+                    match=pr.match,
+                    next=pr.next,
+                    state=pr.state.value,
+                    recent_active=pr.recent_active,
+                    is_learner=pr.is_learner,
+                )
+                for node_id, pr in raft.progress.items()
+            }
+        return Status(
+            id=raft.id,
+            hard_state=HardState(raft.term, raft.vote, raft.log.committed),
+            soft_state=SoftState(raft.lead, raft.role),
+            applied=raft.log.applied,
+            last_index=raft.log.last_index(),
+            conf_state=raft.conf_state(),
+            lead_transferee=raft.lead_transferee,
+            progress=progress,
+        )

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raftkv.raft import (
-    Config,
     ConfChange,
     ConfChangeType,
+    Config,
     Entry,
     EntryType,
     MemoryStorage,
@@ -175,7 +175,5 @@ class Network:
 
     def applied_data(self, node_id: int) -> list[bytes]:
         return [
-            e.data
-            for e in self.nodes[node_id].applied
-            if e.type == EntryType.NORMAL and e.data
+            e.data for e in self.nodes[node_id].applied if e.type == EntryType.NORMAL and e.data
         ]

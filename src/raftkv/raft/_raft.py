@@ -58,7 +58,7 @@ from ._types import (
     Role,
     Snapshot,
     SoftState,
-    entry_size_bytes,
+    entries_size_bytes,
 )
 
 #: Context of a vote request that a leadership transfer started: voters grant it
@@ -207,7 +207,7 @@ class Raft:
             return self._send_snapshot(to, progress)
         if not entries and not send_if_empty:
             return False
-        size_bytes = sum(map(entry_size_bytes, entries)) if entries else 0
+        size_bytes = entries_size_bytes(entries)
         self._send(
             Message(
                 MessageType.APP,
@@ -640,7 +640,7 @@ class Raft:
     def _append_entries(self, entries: list[Entry]) -> None:
         last_index = self.log.last_index()
         term = self.term
-        added_bytes = sum(map(entry_size_bytes, entries))
+        added_bytes = entries_size_bytes(entries)
         cap = self.config.max_uncommitted_entries_bytes
         if cap and self.uncommitted_bytes > 0 and self.uncommitted_bytes + added_bytes > cap:
             raise ProposalDropped(
@@ -902,7 +902,7 @@ class Raft:
             return
         self.log.applied_to(entries[-1].index)
         if self.role is Role.LEADER and self.uncommitted_bytes:
-            released = sum(map(entry_size_bytes, entries))
+            released = entries_size_bytes(entries)
             self.uncommitted_bytes = max(0, self.uncommitted_bytes - released)
 
     def report_unreachable(self, node_id: int) -> None:

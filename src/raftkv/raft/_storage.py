@@ -22,6 +22,7 @@ from ._types import (
     HardState,
     Snapshot,
     SnapshotMetadata,
+    entries_size_bytes,
     entry_size_bytes,
 )
 
@@ -50,7 +51,7 @@ class Storage(Protocol):
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """The longest prefix of `entries` within `max_bytes` (never fewer than one)."""
-    if max_bytes is None or not entries:
+    if max_bytes is None or not entries or entries_size_bytes(entries) <= max_bytes:
         return entries
     total = 0
     for count, entry in enumerate(entries):

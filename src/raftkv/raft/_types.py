@@ -7,6 +7,8 @@ compare by content and can be shared between the core, the host and the tests wi
 from __future__ import annotations
 
 import enum
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -35,9 +37,20 @@ class Entry(NamedTuple):
     data: bytes = b""
 
 
+#: The fixed per-entry overhead counted in byte budgets (term, index, type, framing).
+ENTRY_OVERHEAD_BYTES = 16
+
+_data_of = operator.itemgetter(3)
+
+
 def entry_size_bytes(entry: Entry) -> int:
     """The size an entry counts for in byte budgets (payload plus a fixed header)."""
-    return len(entry.data) + 16
+    return len(entry.data) + ENTRY_OVERHEAD_BYTES
+
+
+def entries_size_bytes(entries: Sequence[Entry]) -> int:
+    """The total size of `entries` in byte budgets, computed without a Python loop."""
+    return sum(map(len, map(_data_of, entries))) + ENTRY_OVERHEAD_BYTES * len(entries)
 
 
 @dataclass(frozen=True, slots=True)

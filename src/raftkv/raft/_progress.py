@@ -80,11 +80,11 @@ class Progress:
     __slots__ = (
         "inflights",
         "is_learner",
+        "last_heard_tick",
         "match",
         "next",
         "pending_snapshot",
         "probe_sent",
-        "recent_active",
         "state",
     )
 
@@ -94,7 +94,9 @@ class Progress:
         self.state = ProgressState.PROBE
         self.probe_sent = False
         self.pending_snapshot = 0
-        self.recent_active = False
+        # The leader's tick count when this follower last answered; check-quorum
+        # and the snapshot gate ask whether that is within an election timeout.
+        self.last_heard_tick = 0
         self.inflights = inflights
         self.is_learner = is_learner
 

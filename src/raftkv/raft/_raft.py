@@ -144,6 +144,9 @@ class Raft:
         self.lead_transferee = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        #: Ticks since this node started; the leader stamps each follower's answers
+        #: with it (`Progress.last_heard_tick`).
+        self.ticks = 0
         self.randomized_election_timeout = config.election_tick
         self._step: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
@@ -224,7 +227,8 @@ class Raft:
         return True
 
     def _send_snapshot(self, to: int, progress: Progress) -> bool:
-        if not progress.recent_active:
+        if not self.recently_active(progress):
+            # A snapshot is expensive: do not send one into the void.
             return False
         try:
             snapshot = self.log.snapshot()
@@ -281,7 +285,9 @@ class Raft:
             progress.state = ProgressState.PROBE
             progress.probe_sent = False
             progress.pending_snapshot = 0
-            progress.recent_active = False
+            # Every follower starts the term as if just heard from, which gives a
+            # new leader one election timeout to reach a quorum.
+            progress.last_heard_tick = self.ticks
             progress.match = 0
             progress.next = last_index + 1
             if node_id == self.id:
@@ -325,7 +331,6 @@ class Raft:
         own = self.progress.get(self.id)
         if own is not None:
             own.become_replicate()
-            own.recent_active = True
         # Conservatively treat any unapplied tail as holding a membership change.
         self.pending_conf_index = self.log.last_index()
         # The first entry of the new term: only entries of the current term are
@@ -387,6 +392,7 @@ class Raft:
     # --- ticks -------------------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         self._tick()
 
     def _tick_election(self) -> None:
@@ -398,11 +404,14 @@ class Raft:
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
         self.election_elapsed += 1
+        if self.config.check_quorum and not self._quorum_active():
+            # Checked on every tick, not once per election timeout: a leader cut off
+            # just after a periodic check would otherwise lead for almost two
+            # timeouts, long after the other side may have elected a new leader.
+            self._become_follower(self.term, NONE)
+            return
         if self.election_elapsed >= self.config.election_tick:
             self.election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
-                self._become_follower(self.term, NONE)
-                return
             if self.lead_transferee != NONE:
                 # The transfer did not complete within an election timeout: abort it
                 # so the leader accepts proposals again.
@@ -413,13 +422,18 @@ class Raft:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat(self.read_only.last_pending() or b"")
 
+    def recently_active(self, progress: Progress) -> bool:
+        """Whether the follower answered within the last election timeout."""
+        return self.ticks - progress.last_heard_tick < self.config.election_tick
+
     def _quorum_active(self) -> bool:
-        """Whether a quorum was heard from since the last check; resets the marks."""
-        active = {node_id for node_id, pr in self.progress.items() if pr.recent_active}
-        active.add(self.id)
-        for node_id, progress in self.progress.items():
-            if node_id != self.id:
-                progress.recent_active = False
+        """Whether a quorum of voters (counting this leader) answered within the last
+        election timeout."""
+        active = [
+            node_id
+            for node_id, progress in self.progress.items()
+            if node_id == self.id or self.recently_active(progress)
+        ]
         return _quorum.has_quorum(self.voters, active)
 
     # --- step --------------------------------------------------------------------------
@@ -706,7 +720,7 @@ class Raft:
             self._send_append(transferee)
 
     def _handle_append_response(self, m: Message, progress: Progress) -> None:
-        progress.recent_active = True
+        progress.last_heard_tick = self.ticks
         if m.reject:
             hint = m.reject_hint
             if m.log_term > 0:
@@ -738,7 +752,7 @@ class Raft:
             self._send(Message(MessageType.TIMEOUT_NOW, to=m.frm, frm=self.id, term=self.term))
 
     def _handle_heartbeat_response(self, m: Message, progress: Progress) -> None:
-        progress.recent_active = True
+        progress.last_heard_tick = self.ticks
         progress.probe_sent = False
         if progress.state is ProgressState.REPLICATE and progress.inflights.full():
             progress.inflights.free_first_one()
@@ -848,7 +862,7 @@ class Raft:
         )
         # A new member counts as active, or a leader that just added it could fail
         # its next quorum check before it ever heard back.
-        progress.recent_active = True
+        progress.last_heard_tick = self.ticks
         return progress
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:

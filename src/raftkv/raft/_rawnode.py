@@ -206,7 +206,7 @@ class RawNode:
                     match=pr.match,
                     next=pr.next,
                     state=pr.state.value,
-                    recent_active=pr.recent_active,
+                    recent_active=raft.recently_active(pr),
                     is_learner=pr.is_learner,
                 )
                 for node_id, pr in raft.progress.items()

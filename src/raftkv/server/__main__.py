@@ -1,0 +1,50 @@
+"""`raftkvd`: run one node of a raftkv cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from ._app import Server, run_until_signal
+from ._node import StartupError
+from ._options import OptionsError, build_parser, options_from_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format=f"%(asctime)s raftkvd[{args.id}] %(levelname)s %(message)s",
+    )
+    try:
+        options = options_from_args(args)
+    except OptionsError as exc:
+        print(f"raftkvd: {exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_until_signal(Server(options), stop)
+
+    try:
+        asyncio.run(run())
+    except StartupError as exc:
+        print(f"raftkvd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""Running a whole node: the runtime plus its client APIs, started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+
+from aiohttp import web
+
+from ._node import Node, StartupError
+from ._options import NodeOptions
+from ._resp import RespServer
+from ._rest import RestApi
+
+log = logging.getLogger("raftkv.server")
+
+
+class Server:
+    """One raftkv node with its REST API (and, when enabled, its RESP API)."""
+
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.node = Node(options)
+        self._runner: web.AppRunner | None = None
+        self.resp: RespServer | None = None
+
+    async def start(self) -> None:
+        options = self.options
+        await self.node.start()
+        try:
+            runner = web.AppRunner(
+                RestApi(self.node).make_app(), access_log=None, handle_signals=False
+            )
+            await runner.setup()
+            self._runner = runner
+            site = web.TCPSite(runner, options.listen_host, options.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                message = _bind_error("REST", options.listen_host, options.port, exc)
+                raise StartupError(message) from None
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("node %d serving REST on %s:%d", options.id, options.listen_host, options.port)
+
+    async def stop(self) -> None:
+        if self.resp is not None:
+            resp, self.resp = self.resp, None
+            await resp.stop()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+        await self.node.stop()
+
+    async def wait_removed(self) -> None:
+        await self.node.removed.wait()
+
+
+def _bind_error(api: str, host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot serve the {api} API on {host}:{port}: the port is already in use"
+    return f"cannot serve the {api} API on {host}:{port}: {exc.strerror or exc}"
+
+
+async def run_until_signal(server: Server, stop: asyncio.Event) -> None:
+    await server.start()
+    removed = asyncio.create_task(server.wait_removed())
+    stopped = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({removed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        removed.cancel()
+        stopped.cancel()
+        await server.stop()

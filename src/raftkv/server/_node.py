@@ -1,0 +1,620 @@
+"""The node runtime: drives the consensus core with real time, disk and network.
+
+Theory of operation. One asyncio task (`_run`) owns the `RawNode`'s output. Every
+loop turn it:
+
+1. proposes every write that arrived since the last turn as one batch
+   (`propose_many`), and starts one ReadIndex round for every read that arrived;
+2. takes one `Ready` and carries out the host contract of `raftkv.raft`: sends the
+   leader's appends at once, writes entries and hard state to the WAL and fsyncs in
+   a worker thread (group commit: whatever arrives meanwhile goes in the next
+   fsync), then sends the messages that depend on the write;
+3. applies committed entries to the state machine and resolves the requests they
+   answer, and the reads whose read index is now applied;
+4. advances, and takes a snapshot when enough entries were applied since the last.
+
+Messages from peers are stepped into the core as they arrive (on the event loop);
+the core allows that between `ready()` and `advance()`.
+
+Requests are matched to the entries that answer them by an 12-byte header on every
+entry this node proposes: (origin node id, request id). Every node applies every
+entry; only the origin resolves a waiter. A follower forwards its proposals to the
+leader inside the core, and answers its client when it has applied the entry itself.
+A request that cannot be answered within the request timeout fails with `NoLeader`
+(no leader was known) or `Timeout` (the outcome is unknown).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import logging
+import os
+import random
+import struct
+import time
+from typing import Any
+
+import msgpack
+
+from .. import errors
+from ..kv import KvSnapshot, KvStateMachine
+from ..raft import (
+    ConfChange,
+    ConfChangePending,
+    ConfChangeType,
+    Config,
+    ConfState,
+    Entry,
+    EntryType,
+    InvalidConfChange,
+    LeaderTransferRefused,
+    Message,
+    ProposalDropped,
+    RawNode,
+    Ready,
+    Role,
+    Snapshot,
+)
+from ..storage import DiskStorage
+from ..transport import Transport
+from ._metrics import Metrics
+from ._options import NodeOptions, OptionsError, parse_peer_url
+
+log = logging.getLogger("raftkv.node")
+
+_HEADER = struct.Struct(">IQ")  # origin node id, request id
+HEADER_BYTES = _HEADER.size
+
+#: Name of the marker file a node leaves in its data directory once it has applied
+#: its own removal, so that a restart on that directory refuses clearly.
+REMOVED_MARKER = "REMOVED"
+
+
+class StartupError(RuntimeError):
+    """The node cannot start; the message is one line saying why and what to do."""
+
+
+class Node:
+    def __init__(self, options: NodeOptions) -> None:
+        options.validate()
+        self.options = options
+        self.id = options.id
+        self.metrics = Metrics(options.id)
+        self.members: dict[int, str] = {}
+        self.removed = asyncio.Event()
+        self.state_machine = KvStateMachine()
+        self._request_ids = itertools.count(1)
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._proposals: list[bytes] = []
+        self._conf_changes: list[tuple[ConfChange, asyncio.Future[Any]]] = []
+        self._reads: list[asyncio.Future[None]] = []
+        self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
+        self._read_contexts = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._snapshot_index = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.leader_id = 0
+        self.role = Role.FOLLOWER
+        self.applied_index = 0
+        self.committed_index = 0
+        self.term = 0
+        self._storage: DiskStorage
+        self._raw: RawNode
+        self._transport: Transport
+        self._loop: asyncio.AbstractEventLoop
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        options = self.options
+        data_dir = options.resolved_data_dir
+        if (data_dir / REMOVED_MARKER).exists():
+            raise StartupError(
+                f"node {self.id} was removed from the cluster; its data directory "
+                f"{data_dir} cannot be reused: delete it and join again as a new member"
+            )
+        try:
+            storage = DiskStorage.open(data_dir, self.id, options.cluster_id)
+        except Exception as exc:
+            raise StartupError(f"cannot open data directory {data_dir}: {exc}") from exc
+        self._storage = storage
+        snapshot = storage.snapshot()
+        if not snapshot.is_empty:
+            self._restore_snapshot(snapshot)
+        config = Config(
+            id=self.id,
+            election_tick=options.election_ticks,
+            heartbeat_tick=1,
+            max_inflight_msgs=512,
+            max_uncommitted_entries_bytes=64 << 20,
+            applied=snapshot.metadata.index,
+        )
+        self._raw = RawNode(config, storage, random.Random())
+        peers = options.peers
+        if storage.is_new:
+            if not options.join:
+                self._raw.bootstrap(
+                    [
+                        ConfChange(
+                            ConfChangeType.ADD_NODE,
+                            node_id,
+                            _encode_change_context(address.url, 0, 0),
+                        )
+                        for node_id, address in peers.items()
+                    ]
+                )
+        elif options.join:
+            log.warning(
+                "--join ignored: %s already holds this node's state; restarting from it",
+                data_dir,
+            )
+        listen = peers[self.id]
+        self._transport = Transport(
+            node_id=self.id,
+            cluster_id=options.cluster_id,
+            listen=(listen.host, listen.port),
+            peers={
+                node_id: (address.host, address.port)
+                for node_id, address in peers.items()
+                if node_id != self.id
+            },
+            on_messages=self._on_messages,
+            on_unreachable=self._on_unreachable,
+            on_snapshot_status=self._on_snapshot_status,
+        )
+        await self._transport.start()
+        if not self.members:
+            self.members = {node_id: address.url for node_id, address in peers.items()}
+        self._tasks = [
+            asyncio.create_task(self._run(), name=f"raftkv-node-{self.id}"),
+            asyncio.create_task(self._ticker(), name=f"raftkv-ticker-{self.id}"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._snapshot_task
+        await self._transport.stop()
+        self._fail_everything(errors.Unavailable("the node is shutting down"))
+        self._storage.close()
+
+    # --- the API for request handlers ------------------------------------------------
+
+    def check_available(self) -> None:
+        if self.removed.is_set():
+            raise errors.Removed(f"node {self.id} was removed from the cluster")
+        if self._stopping:
+            raise errors.Unavailable("the node is shutting down")
+
+    def submit_write(self, command: bytes) -> asyncio.Future[Any]:
+        """Queue one state machine command for replication. The future resolves to
+        its result once the entry is applied here; it fails with `NoLeader` or
+        `Timeout` after the request timeout. Writes queued in one loop turn are
+        proposed as one batch."""
+        self.check_available()
+        request_id = next(self._request_ids)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._track(future, request_id)
+        self._proposals.append(_HEADER.pack(self.id, request_id) + command)
+        self._wake.set()
+        return future
+
+    async def write(self, command: bytes) -> Any:
+        """Replicate one command; returns its result once it is applied here."""
+        return await self.submit_write(command)
+
+    def submit_read(self) -> asyncio.Future[None]:
+        """A barrier for linearizable reads: once the future resolves, local state
+        reflects every write acknowledged (anywhere) before this call. Reads queued
+        in one loop turn share one ReadIndex round."""
+        self.check_available()
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._track(future)
+        self._reads.append(future)
+        self._wake.set()
+        return future
+
+    async def read_barrier(self) -> None:
+        await self.submit_read()
+
+    async def change_membership(
+        self, change_type: ConfChangeType, node_id: int, url: str = ""
+    ) -> ConfState:
+        """Propose a membership change and wait until this node has applied it."""
+        self.check_available()
+        url = self._validate_change(change_type, node_id, url)
+        request_id = next(self._request_ids)
+        change = ConfChange(change_type, node_id, _encode_change_context(url, self.id, request_id))
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._track(future, request_id)
+        self._conf_changes.append((change, future))
+        self._wake.set()
+        result: ConfState = await future
+        return result
+
+    def _validate_change(self, change_type: ConfChangeType, node_id: int, url: str) -> str:
+        """Check a membership change against this node's view; returns the clean URL."""
+        if node_id <= 0:
+            raise errors.InvalidRequest(f"node id must be a positive integer, got {node_id}")
+        conf = self._raw.status().conf_state
+        if change_type is ConfChangeType.REMOVE_NODE:
+            if node_id not in conf.voters and node_id not in conf.learners:
+                raise errors.InvalidRequest(f"node {node_id} is not a member of the cluster")
+            return ""
+        if node_id in conf.voters:
+            raise errors.InvalidRequest(f"node {node_id} is already a voter")
+        if change_type is ConfChangeType.ADD_LEARNER and node_id in conf.learners:
+            raise errors.InvalidRequest(f"node {node_id} is already a learner")
+        try:
+            return parse_peer_url(url).url
+        except OptionsError as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+
+    async def transfer_leader(self, transferee: int) -> None:
+        self.check_available()
+        try:
+            self._raw.transfer_leader(transferee)
+        except LeaderTransferRefused as exc:
+            raise errors.InvalidRequest(str(exc)) from None
+        except ProposalDropped as exc:
+            raise errors.NoLeader(str(exc)) from None
+        self._wake.set()
+        deadline = time.monotonic() + self.options.request_timeout_s
+        while time.monotonic() < deadline:
+            if self.leader_id == transferee:
+                return
+            await asyncio.sleep(self.options.tick_ms / 1000)
+        raise errors.Timeout(f"leadership did not move to node {transferee} in time")
+
+    def status(self) -> dict[str, Any]:
+        status = self._raw.status()
+        progress = {
+            node_id: {"match": pr.match, "next": pr.next, "state": pr.state}
+            for node_id, pr in status.progress.items()
+        }
+        return {
+            "id": self.id,
+            "role": status.soft_state.role.name.lower(),
+            "term": status.hard_state.term,
+            "leader": status.soft_state.leader_id,
+            "commit": status.hard_state.commit,
+            "applied": self.applied_index,
+            "last_index": status.last_index,
+            "snapshot_index": self._snapshot_index,
+            "members": [
+                {
+                    "id": node_id,
+                    "url": self.members.get(node_id, ""),
+                    "learner": node_id in status.conf_state.learners,
+                    "match": progress.get(node_id, {}).get("match"),
+                }
+                for node_id in sorted(
+                    set(status.conf_state.voters) | set(status.conf_state.learners)
+                )
+            ],
+            "progress": progress,
+        }
+
+    def render_metrics(self) -> bytes:
+        metrics = self.metrics
+        metrics.commit_index.set(self.committed_index)
+        metrics.applied_index.set(self.applied_index)
+        metrics.apply_lag.set(max(0, self.committed_index - self.applied_index))
+        metrics.term.set(self.term)
+        return metrics.render()
+
+    def is_healthy(self) -> bool:
+        return (
+            self.leader_id != 0
+            and not self.removed.is_set()
+            and self.applied_index >= self.committed_index
+        )
+
+    # --- waiters and deadlines -------------------------------------------------------
+
+    def _track(self, future: asyncio.Future[Any], request_id: int = 0) -> None:
+        """Give a request its deadline, and (for writes) a waiter the apply loop finds
+        by request id. Every request shares one timeout, so the deque stays sorted."""
+        deadline = time.monotonic() + self.options.request_timeout_s
+        self._deadlines.append((deadline, future))
+        if request_id:
+            waiters = self._waiters
+            waiters[request_id] = future
+            future.add_done_callback(lambda _: waiters.pop(request_id, None))
+
+    def _expire(self) -> None:
+        """Fail every request past its deadline."""
+        now = time.monotonic()
+        deadlines = self._deadlines
+        if not deadlines or deadlines[0][0] > now:
+            return
+        error = (
+            errors.NoLeader("no leader was elected within the request timeout; retry")
+            if self.leader_id == 0
+            else errors.Timeout(
+                "the request did not complete within the request timeout; a write may "
+                "or may not have been applied"
+            )
+        )
+        while deadlines and deadlines[0][0] <= now:
+            future = deadlines.popleft()[1]
+            if not future.done():
+                future.set_exception(error)
+
+    def _fail_everything(self, error: Exception) -> None:
+        for _, future in self._deadlines:
+            if not future.done():
+                future.set_exception(error)
+        self._deadlines.clear()
+
+    # --- transport callbacks ---------------------------------------------------------
+
+    def _on_messages(self, messages: list[Message]) -> None:
+        raw = self._raw
+        for message in messages:
+            raw.step(message)
+        self._wake.set()
+
+    def _on_unreachable(self, node_id: int) -> None:
+        self._raw.report_unreachable(node_id)
+        self.metrics.peer_send_errors.labels(peer=str(node_id)).inc()
+
+    def _on_snapshot_status(self, node_id: int, ok: bool) -> None:
+        self._raw.report_snapshot(node_id, ok)
+        self._wake.set()
+
+    # --- the loop --------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        interval = self.options.tick_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            self._raw.tick()
+            self._expire()
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                self._submit_requests()
+                while self._raw.has_ready():
+                    await self._handle_ready(self._raw.ready())
+                    self._submit_requests()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("node %d: fatal error in the raft loop; stopping", self.id)
+            self._fail_everything(errors.Unavailable("the node stopped after a fatal error"))
+            self.removed.set()
+            os._exit(70)
+
+    def _submit_requests(self) -> None:
+        raw = self._raw
+        if self._proposals and self.leader_id != 0:
+            batch, self._proposals = self._proposals, []
+            try:
+                raw.propose_many(batch)
+                self.metrics.proposals.inc(len(batch))
+            except ProposalDropped:
+                self._proposals[:0] = batch  # Retry when a leader is known again.
+        if self._conf_changes and self.leader_id != 0:
+            pending, self._conf_changes = self._conf_changes, []
+            for change, future in pending:
+                if future.done():
+                    continue
+                try:
+                    raw.propose_conf_change(change)
+                except ConfChangePending as exc:
+                    future.set_exception(errors.Conflict(str(exc)))
+                except InvalidConfChange as exc:
+                    future.set_exception(errors.InvalidRequest(str(exc)))
+                except ProposalDropped:
+                    self._conf_changes.append((change, future))
+        if self._reads and self.leader_id != 0:
+            reads = [future for future in self._reads if not future.done()]
+            self._reads = []
+            if reads:
+                context = next(self._read_contexts).to_bytes(8, "big")
+                try:
+                    raw.read_index(context)
+                    self._read_rounds[context] = reads
+                except ProposalDropped:
+                    self._reads = reads
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
+        transport = self._transport
+        if rd.early_messages:
+            transport.send(rd.early_messages)
+        storage = self._storage
+        if rd.snapshot is not None:
+            await asyncio.to_thread(storage.apply_snapshot, rd.snapshot)
+            self._restore_snapshot(rd.snapshot)
+        if rd.entries or rd.hard_state is not None:
+            storage.append(rd.entries, rd.hard_state)
+        if rd.must_sync:
+            started = time.perf_counter()
+            await asyncio.to_thread(storage.sync)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        if rd.hard_state is not None:
+            self.term = rd.hard_state.term
+            self.committed_index = rd.hard_state.commit
+        if rd.messages:
+            transport.send(rd.messages)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        for read_state in rd.read_states:
+            futures = self._read_rounds.pop(read_state.request_ctx, None)
+            if futures:
+                self._read_ready.append((read_state.index, futures))
+        self._raw.advance(rd)
+        self._release_reads()
+        self._maybe_snapshot()
+
+    def _on_soft_state(self, leader_id: int, role: Role) -> None:
+        if leader_id != self.leader_id:
+            self.metrics.leader_changes.inc()
+            log.info("node %d: leader is now %d (role %s)", self.id, leader_id, role.name)
+        self.leader_id = leader_id
+        self.role = role
+        self.metrics.is_leader.set(1 if role is Role.LEADER else 0)
+        if leader_id == 0:
+            # The read rounds in flight will never be answered by the old leader.
+            for futures in self._read_rounds.values():
+                self._reads.extend(futures)
+            self._read_rounds.clear()
+
+    def _release_reads(self) -> None:
+        if not self._read_ready:
+            return
+        applied = self.applied_index
+        still_waiting = []
+        for index, futures in self._read_ready:
+            if index <= applied:
+                for future in futures:
+                    if not future.done():
+                        future.set_result(None)
+            else:
+                still_waiting.append((index, futures))
+        self._read_ready = still_waiting
+
+    # --- applying ----------------------------------------------------------------------
+
+    def _apply(self, entries: list[Entry]) -> None:
+        machine = self.state_machine
+        waiters = self._waiters
+        my_id = self.id
+        unpack = _HEADER.unpack_from
+        for entry in entries:
+            if entry.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change(entry)
+            elif entry.data:
+                origin, request_id = unpack(entry.data)
+                result = machine.apply(entry.index, entry.data[HEADER_BYTES:])
+                if origin == my_id:
+                    future = waiters.pop(request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
+            else:
+                machine.apply(entry.index, b"")
+        last = entries[-1].index
+        self.metrics.applied.inc(len(entries))
+        self.applied_index = last
+        if last > self.committed_index:
+            self.committed_index = last
+
+    def _apply_conf_change(self, entry: Entry) -> None:
+        change = ConfChange.decode(entry.data)
+        conf_state = self._raw.apply_conf_change(change)
+        origin, request_id = 0, 0
+        url = ""
+        if change.context:
+            try:
+                url, origin, request_id = _decode_change_context(change.context)
+            except ValueError:
+                log.warning("node %d: undecodable membership context at %d", self.id, entry.index)
+        node_id = change.node_id
+        if change.type is ConfChangeType.REMOVE_NODE:
+            self.members.pop(node_id, None)
+            if node_id != self.id:
+                self._transport.remove_peer(node_id)
+        elif url:
+            self.members[node_id] = url
+            if node_id != self.id:
+                address = parse_peer_url(url)
+                self._transport.add_peer(node_id, address.host, address.port)
+        self.state_machine.apply(entry.index, b"")
+        if origin == self.id:
+            future = self._waiters.pop(request_id, None)
+            if future is not None and not future.done():
+                future.set_result(conf_state)
+        if change.type is ConfChangeType.REMOVE_NODE and node_id == self.id:
+            self._on_removed()
+
+    def _on_removed(self) -> None:
+        log.warning("node %d: removed from the cluster; shutting down", self.id)
+        with contextlib.suppress(OSError):
+            (self.options.resolved_data_dir / REMOVED_MARKER).write_text(
+                f"node {self.id} was removed from the cluster\n"
+            )
+        self.removed.set()
+
+    # --- snapshots ---------------------------------------------------------------------
+
+    def _restore_snapshot(self, snapshot: Snapshot) -> None:
+        members, machine_bytes = msgpack.unpackb(snapshot.data, raw=False)
+        self.state_machine.restore(machine_bytes)
+        self.members = {int(node_id): url for node_id, url in members.items()}
+        self._snapshot_index = snapshot.metadata.index
+        self.applied_index = snapshot.metadata.index
+        if hasattr(self, "_transport"):
+            for node_id, url in self.members.items():
+                if node_id != self.id:
+                    address = parse_peer_url(url)
+                    self._transport.add_peer(node_id, address.host, address.port)
+
+    def _maybe_snapshot(self) -> None:
+        if self._snapshot_task is not None:
+            return
+        if self.applied_index - self._snapshot_index < self.options.snapshot_count_entries:
+            return
+        self._snapshot_task = asyncio.create_task(self._take_snapshot())
+
+    async def _take_snapshot(self) -> None:
+        index = self.applied_index
+        conf_state = self._raw.status().conf_state
+        frozen = self.state_machine.freeze()
+        members = dict(self.members)
+        try:
+            data = await asyncio.to_thread(_serialize_snapshot, members, frozen)
+            await asyncio.to_thread(self._storage.create_snapshot, index, conf_state, data)
+            compact_to = index - self.options.snapshot_catchup_entries
+            if compact_to > self._storage.first_index():
+                self._storage.compact(compact_to)
+            self._snapshot_index = index
+            self.metrics.snapshots.inc()
+            log.info("node %d: snapshot at index %d (%d bytes)", self.id, index, len(data))
+        except Exception:
+            log.exception("node %d: snapshot at %d failed", self.id, index)
+            raise
+        finally:
+            self._snapshot_task = None
+
+
+def _serialize_snapshot(members: dict[int, str], frozen: KvSnapshot) -> bytes:
+    data: bytes = msgpack.packb([members, frozen.to_bytes()], use_bin_type=True)
+    return data
+
+
+def _encode_change_context(url: str, origin: int, request_id: int) -> bytes:
+    """A membership entry's context: the member's peer URL, and who proposed it."""
+    data: bytes = msgpack.packb([url, origin, request_id])
+    return data
+
+
+def _decode_change_context(context: bytes) -> tuple[str, int, int]:
+    try:
+        url, origin, request_id = msgpack.unpackb(context, raw=False)
+        return str(url), int(origin), int(request_id)
+    except Exception as exc:
+        raise ValueError("bad membership context") from exc

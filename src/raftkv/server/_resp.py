@@ -1,0 +1,825 @@
+"""The RPC API: the Redis protocol (RESP2, and RESP3 after HELLO 3).
+
+Theory of operation. Each connection is an `asyncio.Protocol`. Bytes go to a hiredis
+reader (a C parser); every complete command in them is dispatched at once, in
+order, before any reply is awaited, so a pipeline of SETs becomes a batch of
+proposals that the node proposes in one loop turn, and a pipeline of GETs shares one
+ReadIndex round. Each command leaves a reply slot in the connection's queue: either
+finished bytes, or a future plus a function that renders the reply once the future
+is done. One drain task per connection writes the replies strictly in command
+order, coalescing everything that is ready into one write.
+
+A GET's value is read only when its turn comes in the queue, after the read barrier
+and after every earlier reply on the connection: so `SET k v; GET k` in one pipeline
+sees `v`, and reads are linearizable by default. `RAFT.CONSISTENCY serializable`
+switches the connection to local reads (possibly stale), like READONLY in Redis
+Cluster.
+
+Bounds: a request that grows past `--max-value-bytes` plus 64 KiB without completing,
+or that the parser rejects, closes that connection only (after an error reply); a
+connection with more than `MAX_PENDING_REPLIES` replies outstanding stops reading
+until they drain (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import itertools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+
+from .. import __version__, errors
+from ..kv import (
+    CommandError,
+    ErrorCode,
+    PutCondition,
+    encode_append,
+    encode_batch,
+    encode_delete,
+    encode_incr,
+    encode_put,
+    encode_register_session,
+    with_session,
+)
+from ..raft import ConfChangeType
+from ._node import Node
+
+log = logging.getLogger("raftkv.resp")
+
+MAX_PENDING_REPLIES = 10_000
+_PAUSE_AT = MAX_PENDING_REPLIES
+_RESUME_AT = MAX_PENDING_REPLIES // 2
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+_connection_ids = itertools.count(1)
+
+
+class RespError(Exception):
+    """An error reply; the message starts with its code (ERR, WRONGTYPE, ...)."""
+
+
+# --- encoding ------------------------------------------------------------------------
+
+
+def bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def integer(value: int) -> bytes:
+    return b":%d\r\n" % value
+
+
+def error_reply(message: str) -> bytes:
+    clean = message.replace("\r", " ").replace("\n", " ")
+    return b"-" + clean.encode("utf-8", "replace") + b"\r\n"
+
+
+def simple(text: str) -> bytes:
+    return b"+" + text.encode() + b"\r\n"
+
+
+class Encoder:
+    """RESP2 or RESP3 encoding of the values that differ between them."""
+
+    def __init__(self, protocol: int = 2) -> None:
+        self.protocol = protocol
+
+    @property
+    def null(self) -> bytes:
+        return b"_\r\n" if self.protocol == 3 else b"$-1\r\n"
+
+    def value(self, value: Any) -> bytes:
+        if value is None:
+            return self.null
+        if isinstance(value, bytes):
+            return bulk(value)
+        if isinstance(value, str):
+            return bulk(value.encode())
+        if isinstance(value, bool):
+            return integer(int(value))
+        if isinstance(value, int):
+            return integer(value)
+        if isinstance(value, dict):
+            if self.protocol == 3:
+                parts = [b"%%%d\r\n" % len(value)]
+            else:
+                parts = [b"*%d\r\n" % (2 * len(value))]
+            for key, item in value.items():
+                parts.append(self.value(key))
+                parts.append(self.value(item))
+            return b"".join(parts)
+        if isinstance(value, list | tuple):
+            return b"*%d\r\n" % len(value) + b"".join(self.value(item) for item in value)
+        raise TypeError(f"cannot encode {type(value).__name__} in RESP")
+
+
+def error_for(exc: BaseException) -> bytes:
+    """The RESP error reply for an exception from the node or a command."""
+    if isinstance(exc, RespError):
+        return error_reply(str(exc))
+    if isinstance(exc, errors.WrongType):
+        return error_reply(f"ERR {exc}")
+    if isinstance(exc, errors.Unavailable):
+        return error_reply(f"TRYAGAIN {exc}")
+    if isinstance(exc, errors.Removed):
+        return error_reply(f"ERR {exc}")
+    if isinstance(exc, errors.Conflict):
+        return error_reply(f"BUSY {exc}")
+    if isinstance(exc, errors.RaftkvError):
+        return error_reply(f"ERR {exc}")
+    log.exception("unexpected error in a RESP command", exc_info=exc)
+    return error_reply(f"ERR internal error: {exc}")
+
+
+def check_result(result: Any) -> Any:
+    if isinstance(result, CommandError):
+        if result.code is ErrorCode.NOT_AN_INTEGER:
+            raise RespError("ERR value is not an integer or out of range")
+        if result.code is ErrorCode.OVERFLOW:
+            raise RespError("ERR increment or decrement would overflow")
+        if result.code is ErrorCode.VALUE_TOO_LARGE:
+            raise RespError("ERR string exceeds maximum allowed size")
+        if result.code is ErrorCode.UNKNOWN_SESSION:
+            raise RespError("SESSION unknown or expired session; register again")
+        raise RespError(f"ERR {result.message}")
+    return result
+
+
+def parse_int(raw: bytes, what: str = "value") -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise RespError(f"ERR {what} is not an integer or out of range") from None
+    if not INT64_MIN <= value <= INT64_MAX or raw.strip() != raw:
+        raise RespError(f"ERR {what} is not an integer or out of range")
+    return value
+
+
+# --- the connection ------------------------------------------------------------------
+
+Render = Callable[[Any], bytes]
+_Slot = bytes | tuple[asyncio.Future[Any], Render]
+
+
+class RespConnection(asyncio.Protocol):
+    def __init__(self, server: RespServer) -> None:
+        self.server = server
+        self.node = server.node
+        self.id = next(_connection_ids)
+        self.name: bytes | None = None
+        self.encoder = Encoder(2)
+        self.serializable = False
+        self.reader = hiredis.Reader()
+        self.buffered_bytes = 0
+        self.replies: collections.deque[_Slot] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self.drain_task: asyncio.Task[None] | None = None
+        self.paused = False
+        self.closing = False
+        self.read_barrier: asyncio.Future[None] | None = None
+
+    # --- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.server.connections.discard(self)
+        if self.drain_task is not None:
+            self.drain_task.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if not self.buffered_bytes and data[:1] not in (b"*", b""):
+            self._inline(data)
+            return
+        self.reader.feed(data)
+        self.buffered_bytes += len(data)
+        self.read_barrier = None  # Reads in a new batch need a barrier of their own.
+        try:
+            while True:
+                command = self.reader.gets()
+                if command is False:
+                    break
+                self.buffered_bytes = 0
+                self._dispatch(command)
+        except hiredis.ProtocolError as exc:
+            self._fatal(f"ERR Protocol error: {exc}")
+            return
+        if self.buffered_bytes > self.server.max_request_bytes:
+            self._fatal("ERR Protocol error: request too large")
+            return
+        self._schedule_drain()
+
+    def _inline(self, data: bytes) -> None:
+        """Inline commands (`PING\\r\\n` typed into telnet or netcat)."""
+        for line in data.split(b"\n"):
+            words = line.strip().split()
+            if words:
+                self._dispatch(words)
+        self._schedule_drain()
+
+    def _fatal(self, message: str) -> None:
+        self.replies.append(error_reply(message))
+        self.closing = True
+        self._schedule_drain()
+
+    # --- replies -------------------------------------------------------------------------
+
+    def _schedule_drain(self) -> None:
+        if self.drain_task is None and self.replies:
+            self.drain_task = asyncio.ensure_future(self._drain())
+        if len(self.replies) >= _PAUSE_AT and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    async def _drain(self) -> None:
+        replies = self.replies
+        transport = self.transport
+        assert transport is not None
+        out: list[bytes] = []
+        try:
+            while replies:
+                slot = replies[0]
+                if type(slot) is bytes:
+                    out.append(slot)
+                    replies.popleft()
+                    continue
+                future, render = slot  # type: ignore[misc]
+                if not future.done():
+                    if out:
+                        transport.write(b"".join(out))
+                        out = []
+                    await asyncio.wait((future,))
+                try:
+                    out.append(render(future.result()))
+                except Exception as exc:
+                    out.append(error_for(exc))
+                replies.popleft()
+                if self.paused and len(replies) <= _RESUME_AT:
+                    self.paused = False
+                    transport.resume_reading()
+            if out:
+                transport.write(b"".join(out))
+            if self.closing:
+                transport.close()
+        finally:
+            self.drain_task = None
+        if replies:
+            self._schedule_drain()
+
+    def reply(self, data: bytes) -> None:
+        self.replies.append(data)
+
+    def reply_later(self, future: asyncio.Future[Any], render: Render) -> None:
+        self.replies.append((future, render))
+
+    def barrier(self) -> asyncio.Future[None]:
+        """A read barrier shared by every read in the current batch of commands."""
+        if self.serializable:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+        if self.read_barrier is None:
+            self.read_barrier = self.node.submit_read()
+        return self.read_barrier
+
+    # --- dispatch ------------------------------------------------------------------------
+
+    def _dispatch(self, command: list[bytes]) -> None:
+        if not command:
+            return
+        name = command[0].upper()
+        handler = COMMANDS.get(name)
+        try:
+            if handler is None:
+                shown = command[0][:64].decode("utf-8", "replace")
+                raise RespError(f"ERR unknown command '{shown}'")
+            handler(self, command)
+        except Exception as exc:
+            self.replies.append(error_for(exc))
+
+
+# --- commands ------------------------------------------------------------------------
+
+CommandHandler = Callable[[RespConnection, list[bytes]], None]
+COMMANDS: dict[bytes, CommandHandler] = {}
+
+
+def command(name: str, arity: int) -> Callable[[CommandHandler], CommandHandler]:
+    """Register a handler. `arity` follows Redis: positive is exact (including the
+    name), negative is a minimum."""
+
+    def register(handler: CommandHandler) -> CommandHandler:
+        def checked(conn: RespConnection, args: list[bytes]) -> None:
+            if (arity > 0 and len(args) != arity) or (arity < 0 and len(args) < -arity):
+                raise RespError(f"ERR wrong number of arguments for '{name.lower()}' command")
+            handler(conn, args)
+
+        COMMANDS[name.upper().encode()] = checked
+        return handler
+
+    return register
+
+
+def _write(conn: RespConnection, data: bytes, render: Render) -> None:
+    conn.reply_later(conn.node.submit_write(data), render)
+
+
+def _check_value(conn: RespConnection, value: bytes) -> None:
+    if len(value) > conn.server.max_value_bytes:
+        raise RespError(
+            f"ERR value of {len(value)} bytes exceeds --max-value-bytes "
+            f"({conn.server.max_value_bytes})"
+        )
+
+
+def _check_key(key: bytes) -> None:
+    if not key:
+        raise RespError("ERR empty key")
+
+
+@command("PING", -1)
+def _ping(conn: RespConnection, args: list[bytes]) -> None:
+    if len(args) > 2:
+        raise RespError("ERR wrong number of arguments for 'ping' command")
+    conn.reply(bulk(args[1]) if len(args) == 2 else PONG)
+
+
+@command("ECHO", 2)
+def _echo(conn: RespConnection, args: list[bytes]) -> None:
+    conn.reply(bulk(args[1]))
+
+
+@command("QUIT", -1)
+def _quit(conn: RespConnection, args: list[bytes]) -> None:
+    conn.reply(OK)
+    conn.closing = True
+
+
+@command("SELECT", 2)
+def _select(conn: RespConnection, args: list[bytes]) -> None:
+    if args[1] != b"0":
+        raise RespError("ERR DB index is out of range (raftkv has only database 0)")
+    conn.reply(OK)
+
+
+@command("HELLO", -1)
+def _hello(conn: RespConnection, args: list[bytes]) -> None:
+    if len(args) >= 2:
+        version = parse_int(args[1], "protocol version")
+        if version not in (2, 3):
+            raise RespError("NOPROTO unsupported protocol version")
+        conn.encoder = Encoder(version)
+    rest = args[2:]
+    while rest:
+        option = rest[0].upper()
+        if option == b"SETNAME" and len(rest) >= 2:
+            conn.name = rest[1]
+            rest = rest[2:]
+        elif option == b"AUTH" and len(rest) >= 3:
+            rest = rest[3:]
+        else:
+            raise RespError(f"ERR syntax error in HELLO option {option.decode('utf-8', 'replace')}")
+    node = conn.node
+    conn.reply(
+        conn.encoder.value(
+            {
+                "server": "raftkv",
+                "version": __version__,
+                "proto": conn.encoder.protocol,
+                "id": conn.id,
+                "mode": "cluster" if len(node.members) > 1 else "standalone",
+                "role": "master" if node.leader_id == node.id else "replica",
+                "modules": [],
+            }
+        )
+    )
+
+
+@command("CLIENT", -2)
+def _client(conn: RespConnection, args: list[bytes]) -> None:
+    sub = args[1].upper()
+    if sub == b"SETNAME" and len(args) == 3:
+        conn.name = args[2]
+        conn.reply(OK)
+    elif sub == b"GETNAME" and len(args) == 2:
+        conn.reply(conn.encoder.value(conn.name))
+    elif sub == b"ID" and len(args) == 2:
+        conn.reply(integer(conn.id))
+    elif sub == b"SETINFO":
+        conn.reply(OK)
+    else:
+        shown = sub.decode("utf-8", "replace")
+        raise RespError(f"ERR unknown subcommand or wrong arguments for 'CLIENT {shown}'")
+
+
+@command("COMMAND", -1)
+def _command(conn: RespConnection, args: list[bytes]) -> None:
+    sub = args[1].upper() if len(args) > 1 else b""
+    if sub == b"COUNT":
+        conn.reply(integer(len(COMMANDS)))
+    elif sub == b"DOCS":
+        conn.reply(conn.encoder.value({}))
+    else:
+        conn.reply(b"*0\r\n")
+
+
+@command("CONFIG", -2)
+def _config(conn: RespConnection, args: list[bytes]) -> None:
+    # redis-benchmark and some clients read a few settings at start; raftkv has
+    # no such settings, so every pattern matches nothing.
+    if args[1].upper() == b"GET":
+        conn.reply(conn.encoder.value({}))
+    else:
+        raise RespError("ERR CONFIG is not supported by raftkv")
+
+
+@command("GET", 2)
+def _get(conn: RespConnection, args: list[bytes]) -> None:
+    key = args[1]
+    machine = conn.node.state_machine
+    encoder = conn.encoder
+    conn.reply_later(conn.barrier(), lambda _: encoder.value(machine.get(key)))
+
+
+@command("MGET", -2)
+def _mget(conn: RespConnection, args: list[bytes]) -> None:
+    keys = args[1:]
+    machine = conn.node.state_machine
+    encoder = conn.encoder
+    conn.reply_later(conn.barrier(), lambda _: encoder.value([machine.get(k) for k in keys]))
+
+
+@command("EXISTS", -2)
+def _exists(conn: RespConnection, args: list[bytes]) -> None:
+    keys = args[1:]
+    machine = conn.node.state_machine
+    conn.reply_later(conn.barrier(), lambda _: integer(sum(1 for k in keys if k in machine)))
+
+
+@command("STRLEN", 2)
+def _strlen(conn: RespConnection, args: list[bytes]) -> None:
+    key = args[1]
+    machine = conn.node.state_machine
+    conn.reply_later(conn.barrier(), lambda _: integer(len(machine.get(key) or b"")))
+
+
+@command("DBSIZE", 1)
+def _dbsize(conn: RespConnection, args: list[bytes]) -> None:
+    machine = conn.node.state_machine
+    conn.reply_later(conn.barrier(), lambda _: integer(len(machine)))
+
+
+@command("SET", -3)
+def _set(conn: RespConnection, args: list[bytes]) -> None:
+    key, value = args[1], args[2]
+    _check_key(key)
+    _check_value(conn, value)
+    condition = PutCondition.ALWAYS
+    want_previous = False
+    for option in args[3:]:
+        upper = option.upper()
+        if upper == b"NX" and condition is PutCondition.ALWAYS:
+            condition = PutCondition.IF_ABSENT
+        elif upper == b"XX" and condition is PutCondition.ALWAYS:
+            condition = PutCondition.IF_PRESENT
+        elif upper == b"GET":
+            want_previous = True
+        elif upper in (b"EX", b"PX", b"EXAT", b"PXAT", b"KEEPTTL"):
+            raise RespError("ERR raftkv keys do not expire; EX/PX/KEEPTTL are not supported")
+        else:
+            raise RespError("ERR syntax error")
+    encoder = conn.encoder
+    conditional = condition is not PutCondition.ALWAYS
+
+    def render(result: Any) -> bytes:
+        previous = check_result(result)
+        if want_previous:
+            return encoder.value(previous)
+        if conditional:
+            wrote = (previous is None) == (condition is PutCondition.IF_ABSENT)
+            return OK if wrote else encoder.null
+        return OK
+
+    _write(conn, encode_put(key, value, condition), render)
+
+
+@command("GETSET", 3)
+def _getset(conn: RespConnection, args: list[bytes]) -> None:
+    _check_key(args[1])
+    _check_value(conn, args[2])
+    encoder = conn.encoder
+    _write(conn, encode_put(args[1], args[2]), lambda r: encoder.value(check_result(r)))
+
+
+@command("MSET", -3)
+def _mset(conn: RespConnection, args: list[bytes]) -> None:
+    if len(args) % 2 != 1:
+        raise RespError("ERR wrong number of arguments for 'mset' command")
+    pairs = list(zip(args[1::2], args[2::2], strict=True))
+    for key, value in pairs:
+        _check_key(key)
+        _check_value(conn, value)
+    batch = encode_batch([encode_put(key, value) for key, value in pairs])
+    _write(conn, batch, lambda r: (check_result(r), OK)[1])
+
+
+@command("DEL", -2)
+def _del(conn: RespConnection, args: list[bytes]) -> None:
+    batch = encode_batch([encode_delete(key) for key in args[1:]])
+
+    def render(results: Any) -> bytes:
+        return integer(sum(1 for r in check_result(results) if check_result(r) is not None))
+
+    _write(conn, batch, render)
+
+
+@command("GETDEL", 2)
+def _getdel(conn: RespConnection, args: list[bytes]) -> None:
+    encoder = conn.encoder
+    _write(conn, encode_delete(args[1]), lambda r: encoder.value(check_result(r)))
+
+
+@command("APPEND", 3)
+def _append(conn: RespConnection, args: list[bytes]) -> None:
+    _check_key(args[1])
+    _check_value(conn, args[2])
+    _write(conn, encode_append(args[1], args[2]), lambda r: integer(check_result(r)))
+
+
+def _incr_by(conn: RespConnection, key: bytes, delta: int) -> None:
+    _check_key(key)
+    _write(conn, encode_incr(key, delta), lambda r: integer(check_result(r)))
+
+
+@command("INCR", 2)
+def _incr(conn: RespConnection, args: list[bytes]) -> None:
+    _incr_by(conn, args[1], 1)
+
+
+@command("DECR", 2)
+def _decr(conn: RespConnection, args: list[bytes]) -> None:
+    _incr_by(conn, args[1], -1)
+
+
+@command("INCRBY", 3)
+def _incrby(conn: RespConnection, args: list[bytes]) -> None:
+    _incr_by(conn, args[1], parse_int(args[2]))
+
+
+@command("DECRBY", 3)
+def _decrby(conn: RespConnection, args: list[bytes]) -> None:
+    delta = parse_int(args[2])
+    if delta == INT64_MIN:
+        raise RespError("ERR decrement would overflow")
+    _incr_by(conn, args[1], -delta)
+
+
+@command("SCAN", -2)
+def _scan(conn: RespConnection, args: list[bytes]) -> None:
+    """SCAN cursor [MATCH prefix*] [COUNT n]. The cursor is opaque to clients: 0
+    starts, and the reply's cursor continues after the last key returned."""
+    cursor = args[1]
+    pattern = b"*"
+    count = 10
+    rest = args[2:]
+    while rest:
+        option = rest[0].upper()
+        if option == b"MATCH" and len(rest) >= 2:
+            pattern = rest[1]
+        elif option == b"COUNT" and len(rest) >= 2:
+            count = parse_int(rest[1], "COUNT")
+            if count <= 0:
+                raise RespError("ERR syntax error")
+        elif option == b"TYPE" and len(rest) >= 2:
+            pass
+        else:
+            raise RespError("ERR syntax error")
+        rest = rest[2:]
+    start_after = None if cursor == b"0" else _decode_cursor(cursor)
+    prefix, exact = _pattern_prefix(pattern)
+    machine = conn.node.state_machine
+    encoder = conn.encoder
+
+    def render(_: Any) -> bytes:
+        page = machine.scan(prefix, count, start_after)
+        keys = [key for key, _ in page]
+        next_cursor = b"0" if len(page) < count else keys[-1].hex().encode() or b"0"
+        if not exact:
+            text = pattern.decode("latin-1")
+            keys = [k for k in keys if fnmatch.fnmatchcase(k.decode("latin-1"), text)]
+        return encoder.value([next_cursor, keys])
+
+    conn.reply_later(conn.barrier(), render)
+
+
+def _decode_cursor(cursor: bytes) -> bytes:
+    try:
+        return bytes.fromhex(cursor.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        raise RespError("ERR invalid cursor") from None
+
+
+def _pattern_prefix(pattern: bytes) -> tuple[bytes, bool]:
+    """The literal prefix of a glob pattern, and whether `prefix*` is the whole pattern
+    (then no filtering is needed beyond the prefix scan)."""
+    special = [pattern.find(c) for c in (b"*", b"?", b"[", b"\\")]
+    cut = min((position for position in special if position >= 0), default=len(pattern))
+    prefix = pattern[:cut]
+    return prefix, pattern == prefix + b"*"
+
+
+@command("INFO", -1)
+def _info(conn: RespConnection, args: list[bytes]) -> None:
+    node = conn.node
+    status = node.status()
+    sections = {
+        "server": [
+            ("redis_version", "7.0.0"),
+            ("raftkv_version", __version__),
+            ("raftkv_node_id", node.id),
+            ("tcp_port", conn.server.port),
+        ],
+        "replication": [
+            ("role", "master" if status["role"] == "leader" else "slave"),
+            ("raft_role", status["role"]),
+            ("raft_term", status["term"]),
+            ("raft_leader", status["leader"]),
+            ("raft_commit_index", status["commit"]),
+            ("raft_applied_index", status["applied"]),
+            ("raft_members", len(status["members"])),
+        ],
+        "keyspace": [("db0", f"keys={len(node.state_machine)},expires=0,avg_ttl=0")],
+    }
+    wanted = {arg.decode("utf-8", "replace").lower() for arg in args[1:]}
+    lines = []
+    for name, fields in sections.items():
+        if wanted and not wanted & {name, "all", "everything", "default"}:
+            continue
+        lines.append(f"# {name.capitalize()}")
+        lines.extend(f"{key}:{value}" for key, value in fields)
+        lines.append("")
+    conn.reply(bulk("\r\n".join(lines).encode()))
+
+
+# --- raftkv's own commands -----------------------------------------------------------
+
+
+def _json_like(value: Any) -> Any:
+    """Status values as RESP-friendly nested lists/maps."""
+    if isinstance(value, dict):
+        return {str(k): _json_like(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_like(v) for v in value]
+    if value is None or isinstance(value, bool | int | bytes):
+        return value
+    return str(value)
+
+
+@command("RAFT.STATUS", 1)
+def _raft_status(conn: RespConnection, args: list[bytes]) -> None:
+    status = dict(conn.node.status())
+    status.pop("progress", None)
+    conn.reply(conn.encoder.value(_json_like(status)))
+
+
+@command("RAFT.MEMBERS", 1)
+def _raft_members(conn: RespConnection, args: list[bytes]) -> None:
+    members = conn.node.status()["members"]
+    conn.reply(conn.encoder.value([_json_like(m) for m in members]))
+
+
+def _node_id(raw: bytes) -> int:
+    node_id = parse_int(raw, "node id")
+    if node_id <= 0:
+        raise RespError("ERR node id must be a positive integer")
+    return node_id
+
+
+def _membership(conn: RespConnection, future: asyncio.Future[Any]) -> None:
+    conn.reply_later(future, lambda _: OK)
+
+
+@command("RAFT.ADD", -3)
+def _raft_add(conn: RespConnection, args: list[bytes]) -> None:
+    learner = len(args) == 4 and args[3].upper() == b"LEARNER"
+    if len(args) > 4 or (len(args) == 4 and not learner):
+        raise RespError("ERR usage: RAFT.ADD id url [LEARNER]")
+    kind = ConfChangeType.ADD_LEARNER if learner else ConfChangeType.ADD_NODE
+    url = args[2].decode("utf-8", "replace")
+    coroutine = conn.node.change_membership(kind, _node_id(args[1]), url)
+    _membership(conn, asyncio.ensure_future(coroutine))
+
+
+@command("RAFT.REMOVE", 2)
+def _raft_remove(conn: RespConnection, args: list[bytes]) -> None:
+    coroutine = conn.node.change_membership(ConfChangeType.REMOVE_NODE, _node_id(args[1]))
+    _membership(conn, asyncio.ensure_future(coroutine))
+
+
+@command("RAFT.TRANSFER", 2)
+def _raft_transfer(conn: RespConnection, args: list[bytes]) -> None:
+    _membership(conn, asyncio.ensure_future(conn.node.transfer_leader(_node_id(args[1]))))
+
+
+@command("RAFT.CONSISTENCY", -1)
+def _raft_consistency(conn: RespConnection, args: list[bytes]) -> None:
+    if len(args) == 1:
+        conn.reply(simple("serializable" if conn.serializable else "linearizable"))
+        return
+    mode = args[1].lower()
+    if mode not in (b"linearizable", b"serializable") or len(args) > 2:
+        raise RespError("ERR usage: RAFT.CONSISTENCY [linearizable|serializable]")
+    conn.serializable = mode == b"serializable"
+    conn.reply(OK)
+
+
+@command("RAFT.SESSION", 1)
+def _raft_session(conn: RespConnection, args: list[bytes]) -> None:
+    """Register a client session for exactly-once retries; replies its id."""
+    _write(conn, encode_register_session(), lambda r: integer(check_result(r)))
+
+
+_TAGGABLE = {
+    b"APPEND": lambda a: encode_append(a[1], a[2]) if len(a) == 3 else None,
+    b"INCR": lambda a: encode_incr(a[1], 1) if len(a) == 2 else None,
+    b"DECR": lambda a: encode_incr(a[1], -1) if len(a) == 2 else None,
+    b"INCRBY": lambda a: encode_incr(a[1], parse_int(a[2])) if len(a) == 3 else None,
+    b"SET": lambda a: encode_put(a[1], a[2]) if len(a) == 3 else None,
+    b"DEL": lambda a: encode_delete(a[1]) if len(a) == 2 else None,
+}
+
+
+@command("RAFT.EXEC", -5)
+def _raft_exec(conn: RespConnection, args: list[bytes]) -> None:
+    """RAFT.EXEC client-id seq COMMAND args...: apply a write at most once per (client
+    id, seq), so a client may retry it after a lost reply. Supported commands:
+    APPEND, INCR, DECR, INCRBY, SET key value, DEL key."""
+    client_id = parse_int(args[1], "client id")
+    seq = parse_int(args[2], "sequence number")
+    inner = args[3:]
+    name = inner[0].upper()
+    build = _TAGGABLE.get(name)
+    encoded = build(inner) if build is not None else None
+    if encoded is None:
+        raise RespError("ERR RAFT.EXEC supports APPEND, INCR, DECR, INCRBY, SET k v, DEL k")
+    _check_key(inner[1])
+    if name in (b"APPEND", b"SET"):
+        _check_value(conn, inner[2])
+    encoder = conn.encoder
+
+    def render(result: Any) -> bytes:
+        value = check_result(result)
+        if name == b"SET":
+            return OK
+        if name == b"DEL":
+            return integer(0 if value is None else 1)
+        return encoder.value(value)
+
+    _write(conn, with_session(encoded, client_id, seq), render)
+
+
+# --- the server ----------------------------------------------------------------------
+
+
+class RespServer:
+    def __init__(self, node: Node, host: str, port: int) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        self.max_value_bytes = node.options.max_value_bytes
+        self.max_request_bytes = self.max_value_bytes + 64 * 1024
+        self.connections: set[RespConnection] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: RespConnection(self), self.host, self.port, reuse_address=True
+        )
+        sockets = self._server.sockets
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        await self._server.wait_closed()
+        self._server = None

@@ -1,5 +1,7 @@
 """Each command's semantics and errors, revisions, reads and scans."""
 
+import random
+
 import pytest
 
 from raftkv.kv import (
@@ -323,3 +325,44 @@ def test_scan_sees_inserts_and_deletes_made_after_the_index_was_built(apply: App
     keys = [key for key, _ in apply.machine.scan()]
     assert keys == sorted(expected | {b"k000"})
     assert apply.machine.scan(b"k000") == [(b"k000", b"again")]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scan_agrees_with_a_sorted_model_under_random_writes(seed: int) -> None:
+    # Enough churn between scans to cross the index's fold and reset thresholds.
+    rng = random.Random(seed)
+    apply = Applier()
+    model: dict[bytes, bytes] = {}
+    key_space = [b"%x" % rng.randrange(1 << 16) for _ in range(3000)]
+    for round_number in range(40):
+        for _ in range(rng.choice([0, 1, 5, 300, 5000])):
+            key = rng.choice(key_space)
+            if rng.random() < 0.4:
+                apply(encode_delete(key))
+                model.pop(key, None)
+            else:
+                value = b"%d" % round_number
+                apply(encode_put(key, value))
+                model[key] = value
+        for _ in range(3):
+            prefix = rng.choice([b"", b"a", b"1", b"f0", rng.choice(key_space)[:2]])
+            start_after = rng.choice([None, b"", rng.choice(key_space)])
+            limit = rng.choice([None, 1, 7, 100])
+            expected = sorted(
+                (key, value)
+                for key, value in model.items()
+                if key.startswith(prefix) and (start_after is None or key > start_after)
+            )[:limit]
+            assert apply.machine.scan(prefix, limit, start_after) == expected
+
+
+def test_scan_after_more_changes_than_the_index_tracks(apply: Applier) -> None:
+    fill(apply, [b"k%d" % i for i in range(10)])
+    assert len(apply.machine.scan()) == 10
+    fill(apply, [b"n%05d" % i for i in range(5000)])
+    for i in range(4500):
+        apply(encode_delete(b"n%05d" % i))
+    assert [key for key, _ in apply.machine.scan(b"n")] == [b"n%05d" % i for i in range(4500, 5000)]
+    for i in range(4500, 5000):
+        apply(encode_delete(b"n%05d" % i))
+    assert len(apply.machine.scan()) == 10

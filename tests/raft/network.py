@@ -68,6 +68,7 @@ class Network:
         configure: Callable[[int], Config] | None = None,
         bootstrap: bool = True,
         learners: Iterable[int] = (),
+        storages: dict[int, MemoryStorage] | None = None,
         record_readies: bool = False,
         report_snapshots: bool = True,
     ) -> None:
@@ -93,14 +94,15 @@ class Network:
             )
             for peer in range(1, size + 1)
         ]
+        storages = storages or {}
         for node_id in range(1, size + 1):
-            self.add_node(node_id)
-            if bootstrap:
+            self.add_node(node_id, storages.get(node_id))
+            if bootstrap and node_id not in storages:
                 self.nodes[node_id].raw.bootstrap(members)
         self.process()
 
     def add_node(self, node_id: int, storage: MemoryStorage | None = None) -> Node:
-        storage = storage or MemoryStorage()
+        storage = storage if storage is not None else MemoryStorage()
         config = self.configure(node_id)
         raw = RawNode(config, storage, random.Random(self.rng.random()))
         node = Node(raw, storage)

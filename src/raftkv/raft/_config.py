@@ -27,7 +27,10 @@ class Config:
     #: How many appends may be in flight to one follower in the replicate state.
     #: Larger pipelines more on a high-latency link; it bounds the leader's memory.
     max_inflight_msgs: int = 256
-    #: Byte bound on appends in flight to one follower; 0 means no byte bound.
+    #: Byte bound on appends in flight to one follower; 0 means no byte bound. The
+    #: leader never lets the window pass it (an entry larger than the bound alone
+    #: goes into an empty window). Smaller bounds the leader's memory and a slow
+    #: follower's share of the link; larger pipelines more bytes per round trip.
     max_inflight_bytes: int = 0
     #: Cap on the bytes of uncommitted entries a leader accepts before it refuses
     #: proposals (backpressure); 0 means no cap.

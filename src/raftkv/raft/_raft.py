@@ -193,8 +193,16 @@ class Raft:
         else:
             self.msgs.append(message)
 
-    def _send_append(self, to: int) -> None:
-        self._maybe_send_append(to, send_if_empty=True)
+    def _send_append(self, to: int) -> bool:
+        """Send `to` an append even if it carries no entries (it then carries the
+        commit index), then keep sending while its window has room: a batch larger
+        than one message goes out at once rather than one message per round trip.
+        Returns whether anything was sent."""
+        if not self._maybe_send_append(to, send_if_empty=True):
+            return False
+        while self._maybe_send_append(to, send_if_empty=False):
+            pass
+        return True
 
     def _maybe_send_append(self, to: int, send_if_empty: bool) -> bool:
         """Send an append (or a snapshot) to `to` unless it is paused. Returns whether a
@@ -203,14 +211,28 @@ class Raft:
         if progress.is_paused():
             return False
         log = self.log
+        if not send_if_empty and progress.next > log.last_index():
+            return False
+        max_bytes = self.config.max_size_per_msg_bytes
+        inflights = progress.inflights
+        room_bytes = inflights.max_bytes - inflights.bytes
+        bytes_bounded = inflights.max_bytes > 0 and progress.state is ProgressState.REPLICATE
+        if bytes_bounded:
+            # Ask only for what still fits in the window, so in-flight bytes never
+            # pass max_inflight_bytes.
+            max_bytes = min(max_bytes, room_bytes)
         try:
             prev_term = log.term(progress.next - 1)
-            entries = log.entries_from(progress.next, self.config.max_size_per_msg_bytes)
+            entries = log.entries_from(progress.next, max_bytes)
         except CompactedError:
             return self._send_snapshot(to, progress)
         if not entries and not send_if_empty:
             return False
         size_bytes = entries_size_bytes(entries)
+        if bytes_bounded and size_bytes > room_bytes and len(inflights) > 0:
+            # Even the first entry does not fit: wait for acknowledgements. (Into an
+            # empty window an entry goes alone, however large, or it never would.)
+            return False
         self._send(
             Message(
                 MessageType.APP,
@@ -754,9 +776,11 @@ class Raft:
     def _handle_heartbeat_response(self, m: Message, progress: Progress) -> None:
         progress.last_heard_tick = self.ticks
         progress.probe_sent = False
-        if progress.state is ProgressState.REPLICATE and progress.inflights.full():
+        behind = progress.match < self.log.last_index()
+        if behind and not self._send_append(m.frm) and progress.state is ProgressState.REPLICATE:
+            # The window is full and its acknowledgements may have been lost: free a
+            # slot so that a fresh append's answer tells where the follower is.
             progress.inflights.free_first_one()
-        if progress.match < self.log.last_index():
             self._send_append(m.frm)
         if not m.context:
             return

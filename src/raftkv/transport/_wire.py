@@ -99,8 +99,10 @@ def encode_hello(cluster_id: int, sender_id: int, receiver_id: int) -> bytes:
 
 
 def decode_hello(data: bytes) -> Hello:
-    """Decode exactly `HELLO.size` bytes. The version is returned, not checked: the
+    """Decode a hello (`HELLO.size` bytes). The version is returned, not checked: the
     listener answers a wrong version with `BAD_VERSION` rather than a bare close."""
+    if len(data) != HELLO.size:
+        raise FrameError(f"a hello is {HELLO.size} bytes, not {len(data)}")
     magic, version, cluster_id, sender_id, receiver_id = HELLO.unpack(data)
     if magic != MAGIC:
         raise FrameError(f"not a raftkv peer connection (first bytes {magic!r})")
@@ -112,6 +114,8 @@ def encode_ack(status: HandshakeStatus) -> bytes:
 
 
 def decode_ack(data: bytes) -> HandshakeStatus:
+    if len(data) != ACK.size:
+        raise FrameError(f"a handshake answer is {ACK.size} bytes, not {len(data)}")
     magic, status = ACK.unpack(data)
     if magic != MAGIC:
         raise FrameError(f"the peer did not answer like a raftkv node (first bytes {magic!r})")

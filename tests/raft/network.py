@@ -84,6 +84,8 @@ class Network:
         self.drop_types: set[MessageType] = set()
         #: Extra drop rules: a message is dropped when any filter returns True.
         self.filters: list[Callable[[Message], bool]] = []
+        #: Rewrites applied, in order, to each message that gets through.
+        self.rewrites: list[Callable[[Message], Message]] = []
         self.sent: list[Message] = []
         self.delivered: list[Message] = []
         learner_ids = set(learners)
@@ -121,6 +123,12 @@ class Network:
                     continue
                 progressed = True
                 self.handle_ready(node_id, node.raw.ready())
+
+    def process_node(self, node_id: int) -> None:
+        """Run the host contract for one node only."""
+        node = self.nodes[node_id]
+        while node.raw.has_ready():
+            self.handle_ready(node_id, node.raw.ready())
 
     def handle_ready(self, node_id: int, rd: Ready) -> None:
         """Carry out one Ready in the order of the host contract, then advance."""
@@ -168,6 +176,8 @@ class Network:
                 sender.raw.report_snapshot(message.to, passes)
         if not passes or target is None:
             return
+        for rewrite in self.rewrites:
+            message = rewrite(message)
         self.delivered.append(message)
         target.raw.step(message)
 
@@ -185,9 +195,11 @@ class Network:
             return False
         return not any(drop(message) for drop in self.filters)
 
-    def take(self, kind: MessageType | None = None) -> list[Message]:
-        """Remove and return the queued messages (of one type, or all)."""
-        self.process()
+    def take(self, kind: MessageType | None = None, *, process: bool = True) -> list[Message]:
+        """Remove and return the queued messages (of one type, or all), after running
+        the host contract for every node (unless `process` is False)."""
+        if process:
+            self.process()
         taken = [m for m in self.queue if kind is None or m.type is kind]
         self.queue = [m for m in self.queue if kind is not None and m.type is not kind]
         return taken
@@ -266,10 +278,16 @@ class Network:
                 if a != b and not any(a in group and b in group for group in sets):
                     self.cut_links.add((a, b))
 
+    def heal(self, *node_ids: int) -> None:
+        """Restore every link between the given nodes (both ways)."""
+        group = set(node_ids)
+        self.cut_links = {(a, b) for a, b in self.cut_links if not (a in group and b in group)}
+
     def recover(self) -> None:
         self.cut_links.clear()
         self.drop_types.clear()
         self.filters.clear()
+        self.rewrites.clear()
 
     # --- queries ---------------------------------------------------------------------
 

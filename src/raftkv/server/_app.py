@@ -18,7 +18,8 @@ log = logging.getLogger("raftkv.server")
 
 
 class Server:
-    """One raftkv node with its REST API (and, when enabled, its RESP API)."""
+    """One raftkv node with its client APIs: REST (unless `serve_rest` is off) and
+    RESP (unless its port is 0)."""
 
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
@@ -27,24 +28,39 @@ class Server:
         self.resp: RespServer | None = None
 
     async def start(self) -> None:
-        options = self.options
         await self.node.start()
         try:
-            runner = web.AppRunner(
-                RestApi(self.node).make_app(), access_log=None, handle_signals=False
-            )
-            await runner.setup()
-            self._runner = runner
-            site = web.TCPSite(runner, options.listen_host, options.port, reuse_address=True)
-            try:
-                await site.start()
-            except OSError as exc:
-                message = _bind_error("REST", options.listen_host, options.port, exc)
-                raise StartupError(message) from None
+            if self.options.serve_rest:
+                await self._start_rest()
+            if self.options.resolved_rpc_port != 0:
+                await self._start_resp()
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_rest(self) -> None:
+        options = self.options
+        runner = web.AppRunner(RestApi(self.node).make_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runner = runner
+        site = web.TCPSite(runner, options.listen_host, options.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            message = _bind_error("REST", options.listen_host, options.port, exc)
+            raise StartupError(message) from None
         log.info("node %d serving REST on %s:%d", options.id, options.listen_host, options.port)
+
+    async def _start_resp(self) -> None:
+        options = self.options
+        resp = RespServer(self.node, options.listen_host, options.resolved_rpc_port)
+        try:
+            await resp.start()
+        except OSError as exc:
+            port = options.resolved_rpc_port
+            raise StartupError(_bind_error("RESP", options.listen_host, port, exc)) from None
+        self.resp = resp
+        log.info("node %d serving RESP on %s:%d", options.id, options.listen_host, resp.port)
 
     async def stop(self) -> None:
         if self.resp is not None:

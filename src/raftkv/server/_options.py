@@ -46,7 +46,7 @@ class NodeOptions:
     id: int
     #: Peer URLs of the cluster, in id order (node i listens for peers on the i-th).
     cluster: tuple[str, ...]
-    #: Port of the REST API.
+    #: Port of the REST API (0: any free port); see `serve_rest`.
     port: int
     #: Join an existing cluster rather than start a new one.
     join: bool = False
@@ -56,6 +56,9 @@ class NodeOptions:
     rpc_port: int | None = None
     #: Address the client APIs bind to.
     listen_host: str = "127.0.0.1"
+    #: Serve the REST API. The embedding API turns it off when a program only wants
+    #: the RESP API, so that a node needs no port beyond its RESP and peer ports.
+    serve_rest: bool = True
     #: Take a state machine snapshot every this many applied entries.
     snapshot_count_entries: int = 10_000
     #: Entries kept in the log after a snapshot, so that a slightly slow follower

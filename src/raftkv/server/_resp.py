@@ -29,7 +29,7 @@ import fnmatch
 import itertools
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 
@@ -40,6 +40,7 @@ from ..kv import (
     PutCondition,
     encode_append,
     encode_batch,
+    encode_cas,
     encode_delete,
     encode_incr,
     encode_put,
@@ -189,8 +190,8 @@ class RespConnection(asyncio.Protocol):
     # --- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports do not derive from asyncio's.
+        self.transport = cast(asyncio.Transport, transport)
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -747,10 +748,60 @@ def _raft_consistency(conn: RespConnection, args: list[bytes]) -> None:
     conn.reply(OK)
 
 
+def _parse_cas(args: list[bytes]) -> tuple[bytes, bytes | None, bytes | None]:
+    """RAFT.CAS key (IFEQ expected | NX) (SET value | DEL) -> (key, expected, value),
+    None standing for "absent" on either side."""
+    usage = "ERR usage: RAFT.CAS key (IFEQ expected | NX) (SET value | DEL)"
+    rest = args[2:]
+    expected: bytes | None
+    if len(rest) >= 2 and rest[0].upper() == b"IFEQ":
+        expected, rest = rest[1], rest[2:]
+    elif rest and rest[0].upper() == b"NX":
+        expected, rest = None, rest[1:]
+    else:
+        raise RespError(usage)
+    value: bytes | None
+    if len(rest) == 2 and rest[0].upper() == b"SET":
+        value = rest[1]
+    elif len(rest) == 1 and rest[0].upper() == b"DEL":
+        value = None
+    else:
+        raise RespError(usage)
+    return args[1], expected, value
+
+
+@command("RAFT.CAS", -4)
+def _raft_cas(conn: RespConnection, args: list[bytes]) -> None:
+    """RAFT.CAS key (IFEQ expected | NX) (SET value | DEL): compare-and-set. Writes
+    `value` (or deletes the key) only if the key's value equals `expected` (NX: only
+    if the key does not exist), atomically. Replies 1 if it wrote, 0 if the
+    comparison failed. The option names follow Redis 8.4's `SET ... IFEQ`."""
+    key, expected, value = _parse_cas(args)
+    _check_key(key)
+    if value is not None:
+        _check_value(conn, value)
+    _write(conn, encode_cas(key, expected, value), _render_cas)
+
+
+def _render_cas(result: Any) -> bytes:
+    return integer(int(check_result(result).succeeded))
+
+
 @command("RAFT.SESSION", 1)
 def _raft_session(conn: RespConnection, args: list[bytes]) -> None:
     """Register a client session for exactly-once retries; replies its id."""
     _write(conn, encode_register_session(), lambda r: integer(check_result(r)))
+
+
+def _tagged_set(args: list[bytes]) -> bytes | None:
+    if len(args) == 3 or (len(args) == 4 and args[3].upper() == b"GET"):
+        return encode_put(args[1], args[2])
+    return None
+
+
+def _tagged_cas(args: list[bytes]) -> bytes | None:
+    key, expected, value = _parse_cas(args)
+    return encode_cas(key, expected, value)
 
 
 _TAGGABLE = {
@@ -758,8 +809,9 @@ _TAGGABLE = {
     b"INCR": lambda a: encode_incr(a[1], 1) if len(a) == 2 else None,
     b"DECR": lambda a: encode_incr(a[1], -1) if len(a) == 2 else None,
     b"INCRBY": lambda a: encode_incr(a[1], parse_int(a[2])) if len(a) == 3 else None,
-    b"SET": lambda a: encode_put(a[1], a[2]) if len(a) == 3 else None,
+    b"SET": _tagged_set,
     b"DEL": lambda a: encode_delete(a[1]) if len(a) == 2 else None,
+    b"RAFT.CAS": _tagged_cas,
 }
 
 
@@ -767,7 +819,8 @@ _TAGGABLE = {
 def _raft_exec(conn: RespConnection, args: list[bytes]) -> None:
     """RAFT.EXEC client-id seq COMMAND args...: apply a write at most once per (client
     id, seq), so a client may retry it after a lost reply. Supported commands:
-    APPEND, INCR, DECR, INCRBY, SET key value, DEL key."""
+    APPEND, INCR, DECR, INCRBY, SET key value [GET], DEL key, RAFT.CAS; each replies
+    as it does on its own."""
     client_id = parse_int(args[1], "client id")
     seq = parse_int(args[2], "sequence number")
     inner = args[3:]
@@ -775,18 +828,25 @@ def _raft_exec(conn: RespConnection, args: list[bytes]) -> None:
     build = _TAGGABLE.get(name)
     encoded = build(inner) if build is not None else None
     if encoded is None:
-        raise RespError("ERR RAFT.EXEC supports APPEND, INCR, DECR, INCRBY, SET k v, DEL k")
+        raise RespError(
+            "ERR RAFT.EXEC supports APPEND, INCR, DECR, INCRBY, SET k v [GET], DEL k, RAFT.CAS"
+        )
     _check_key(inner[1])
     if name in (b"APPEND", b"SET"):
         _check_value(conn, inner[2])
+    elif name == b"RAFT.CAS" and inner[-2].upper() == b"SET":
+        _check_value(conn, inner[-1])
+    want_previous = name == b"SET" and len(inner) == 4
     encoder = conn.encoder
 
     def render(result: Any) -> bytes:
         value = check_result(result)
         if name == b"SET":
-            return OK
+            return encoder.value(value) if want_previous else OK
         if name == b"DEL":
             return integer(0 if value is None else 1)
+        if name == b"RAFT.CAS":
+            return _render_cas(value)
         return encoder.value(value)
 
     _write(conn, with_session(encoded, client_id, seq), render)

@@ -75,11 +75,21 @@ class LogMatching:
 
 class CommittedLog:
     """The one committed log all nodes share: an index, once committed anywhere,
-    always holds the same entry (State Machine Safety, Leader Completeness)."""
+    always holds the same entry (State Machine Safety), and every leader of a later
+    term holds it (Leader Completeness).
+
+    Each observation comes with the observer's term. A node learns of a commit in a
+    term no earlier than the one in which it happened, so "known committed in term
+    T" bounds the commit from above; a leader of term t must hold everything known
+    committed in some term before t. (A leader of an older term can be elected
+    late, by votes that were granted before the commit, and need not hold it.)
+    """
 
     def __init__(self) -> None:
         self._term_at: dict[int, int] = {}
         self._entry_at: dict[int, Entry] = {}
+        #: term -> highest index known committed by a node in that term.
+        self._last_index_known_in: dict[int, int] = {}
         #: Highest index known to be committed.
         self.last_index = 0
 
@@ -89,52 +99,61 @@ class CommittedLog:
     def entry_at(self, index: int) -> Entry | None:
         return self._entry_at.get(index)
 
-    def observe_committed(self, node_id: int, entry: Entry) -> None:
-        """`node_id` knows `entry` to be committed (it applies it, or its commit
-        index covers it)."""
+    def observe_committed(self, node_id: int, entry: Entry, term: int) -> None:
+        """`node_id`, in `term`, knows `entry` to be committed (it applies it, or
+        its commit index covers it)."""
         seen = self._entry_at.setdefault(entry.index, entry)
         if seen != entry:
             raise SafetyViolation(
                 f"committed entry changed: node {node_id} has {entry!r} committed at index "
                 f"{entry.index}, where {seen!r} was committed before"
             )
-        self.observe_committed_term(node_id, entry.index, entry.term)
+        self.observe_committed_term(node_id, entry.index, entry.term, term)
 
-    def observe_committed_term(self, node_id: int, index: int, term: int) -> None:
-        """`node_id` knows the entry at `index` (of `term`) to be committed but not
-        its content, as with the last entry covered by a snapshot."""
-        seen = self._term_at.setdefault(index, term)
-        if seen != term:
+    def observe_committed_term(self, node_id: int, index: int, entry_term: int, term: int) -> None:
+        """`node_id`, in `term`, knows the entry at `index` (of `entry_term`) to be
+        committed but not its content, as with the last entry a snapshot covers."""
+        seen = self._term_at.setdefault(index, entry_term)
+        if seen != entry_term:
             raise SafetyViolation(
-                f"committed entry changed: node {node_id} has term {term} committed at "
-                f"index {index}, where an entry of term {seen} was committed before"
+                f"committed entry changed: node {node_id} has term {entry_term} committed "
+                f"at index {index}, where an entry of term {seen} was committed before"
             )
+        if index > self._last_index_known_in.get(term, 0):
+            self._last_index_known_in[term] = index
         if index > self.last_index:
             self.last_index = index
 
-    def check_contains(self, node_id: int, log: Sequence[Entry], what: str) -> None:
-        """Every committed index that `log` covers holds the committed entry, and
-        `log` reaches the last committed index. `log` is a node's log from some first
-        index on (a leader's log must hold every committed entry: Leader Completeness)."""
+    def required_of_leader(self, term: int) -> int:
+        """The committed prefix a leader of `term` must hold."""
+        known = self._last_index_known_in
+        return max((index for t, index in known.items() if t < term), default=0)
+
+    def check_leader_log(self, node_id: int, log: Sequence[Entry], term: int) -> None:
+        """`log` (a node's log from some first index on, the compacted part left out)
+        is the log of the leader of `term`: it must hold every entry committed
+        before that term (Leader Completeness)."""
+        required = self.required_of_leader(term)
         last = log[-1].index if log else 0
-        if last < self.last_index:
+        if last < required:
             raise SafetyViolation(
-                f"{what}: node {node_id}'s log ends at {last}, before the committed "
-                f"index {self.last_index}"
+                f"leader completeness: node {node_id} leads term {term} with a log ending "
+                f"at {last}, before the committed index {required}"
             )
         for entry in log:
-            if entry.index > self.last_index:
+            if entry.index > required:
                 break
-            term = self._term_at.get(entry.index)
-            if term is not None and term != entry.term:
-                raise SafetyViolation(
-                    f"{what}: node {node_id} holds {entry!r} where an entry of term "
-                    f"{term} was committed"
-                )
             known = self._entry_at.get(entry.index)
             if known is not None and known != entry:
                 raise SafetyViolation(
-                    f"{what}: node {node_id} holds {entry!r} where {known!r} was committed"
+                    f"leader completeness: node {node_id} leads term {term} holding "
+                    f"{entry!r} where {known!r} was committed"
+                )
+            term_at = self._term_at.get(entry.index)
+            if term_at is not None and term_at != entry.term:
+                raise SafetyViolation(
+                    f"leader completeness: node {node_id} leads term {term} holding "
+                    f"{entry!r} where an entry of term {term_at} was committed"
                 )
 
 

@@ -102,42 +102,59 @@ def test_whole_log_comparison_finds_different_entries_of_one_term() -> None:
 def test_the_same_committed_entry_seen_twice_passes() -> None:
     committed = CommittedLog()
     for entry in log(1, 1, 2):
-        committed.observe_committed(1, entry)
-        committed.observe_committed(2, entry)
+        committed.observe_committed(1, entry, term=2)
+        committed.observe_committed(2, entry, term=3)
     assert committed.last_index == 3
 
 
 def test_a_committed_entry_that_changes_is_a_violation() -> None:
     committed = CommittedLog()
-    committed.observe_committed(1, Entry(1, 1, data=b"a"))
+    committed.observe_committed(1, Entry(1, 1, data=b"a"), term=1)
     with pytest.raises(SafetyViolation, match="committed entry changed"):
-        committed.observe_committed(2, Entry(1, 1, data=b"b"))
+        committed.observe_committed(2, Entry(1, 1, data=b"b"), term=1)
 
 
 def test_a_snapshot_over_a_committed_index_of_another_term_is_a_violation() -> None:
     committed = CommittedLog()
-    committed.observe_committed(1, Entry(2, 5))
+    committed.observe_committed(1, Entry(2, 5), term=2)
     with pytest.raises(SafetyViolation, match="term 3 committed at index 5"):
-        committed.observe_committed_term(2, 5, 3)
+        committed.observe_committed_term(2, 5, 3, term=3)
 
 
 def test_a_leader_log_with_every_committed_entry_passes() -> None:
     committed = CommittedLog()
     for entry in log(1, 1, 2):
-        committed.observe_committed(1, entry)
-    committed.check_contains(2, log(1, 1, 2, 4), "leader completeness")
+        committed.observe_committed(1, entry, term=2)
+    committed.check_leader_log(2, log(1, 1, 2, 4), term=4)
     # A leader whose log starts after a snapshot covers only what it still holds.
-    committed.check_contains(2, log(1, 2, 4, first=2), "leader completeness")
+    committed.check_leader_log(2, log(1, 2, 4, first=2), term=4)
 
 
 def test_a_leader_missing_a_committed_entry_is_a_violation() -> None:
     committed = CommittedLog()
     for entry in log(1, 1, 2):
-        committed.observe_committed(1, entry)
-    with pytest.raises(SafetyViolation, match="ends at 2"):
-        committed.check_contains(2, log(1, 1), "leader completeness")
-    with pytest.raises(SafetyViolation, match="term 2 was committed"):
-        committed.check_contains(3, log(1, 1, 3), "leader completeness")
+        committed.observe_committed(1, entry, term=2)
+    with pytest.raises(SafetyViolation, match="ending at 2"):
+        committed.check_leader_log(2, log(1, 1), term=3)
+    with pytest.raises(SafetyViolation, match=r"holding Entry\(term=3, index=3"):
+        committed.check_leader_log(3, log(1, 1, 3), term=3)
+    # Only the term is known where a snapshot covers the committed entry.
+    snapshot_only = CommittedLog()
+    snapshot_only.observe_committed_term(1, 3, 2, term=2)
+    with pytest.raises(SafetyViolation, match="entry of term 2 was committed"):
+        snapshot_only.check_leader_log(3, log(1, 1, 3), term=3)
+
+
+def test_a_leader_of_an_older_term_need_not_hold_later_commits() -> None:
+    committed = CommittedLog()
+    for entry in log(1, 1, 3):
+        committed.observe_committed(1, entry, term=3)
+    # Elected in term 2 by votes granted before term 3 committed entry 3.
+    committed.check_leader_log(2, log(1, 1, 2), term=2)
+    # Entries committed before term 2 still bind it.
+    committed.observe_committed(1, Entry(1, 1, data=b"1@1"), term=1)
+    with pytest.raises(SafetyViolation, match="ending at 0"):
+        committed.check_leader_log(4, [], term=2)
 
 
 def test_truncating_above_the_commit_index_is_allowed_and_at_it_is_not() -> None:

@@ -1,0 +1,206 @@
+"""Simulated clients and the history of what they saw.
+
+Each client runs one operation at a time: a put or an append of a unique value, or
+a linearizable read, on one of a few keys, sent to one node. A write completes when
+the node it was sent to applies it; a read completes when that node has applied up
+to the read index the core returned. A client that gives up on a write (its node
+crashed, its proposal was lost) cannot know whether the write happened: the write
+goes into the history with an unknown outcome and the client continues under a new
+client id, as a crashed process would be replaced. A read that is given up on
+changed nothing and is left out of the history.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .kv import APPEND, GET, PUT
+
+if TYPE_CHECKING:
+    from .cluster import Cluster
+
+# Called once when an operation completes or is refused.
+OpCallback = Callable[["ClientOp"], None]
+
+
+@dataclass(slots=True, eq=False)
+class ClientOp:
+    op_id: str
+    client_id: int
+    kind: str
+    key: str
+    #: The written value (None for a read).
+    value: str | None
+    call_time: int
+    node_id: int
+    on_done: OpCallback | None = None
+    #: Read result once complete (None also means "key absent").
+    output: str | None = None
+    return_time: int | None = None
+    done: bool = False
+    #: Refused at once by the node (nothing was proposed): leaves no record.
+    refused: bool = False
+    #: For a read: the index the core answered, once known.
+    read_index: int | None = None
+
+    @property
+    def is_write(self) -> bool:
+        return self.kind != GET
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRecord:
+    client_id: int
+    kind: str
+    key: str
+    input: str | None
+    output: str | None
+    call_time: int
+    #: None when the outcome is unknown (a write that was given up on).
+    return_time: int | None
+
+
+@dataclass(slots=True)
+class History:
+    records: list[HistoryRecord] = field(default_factory=list)
+    completed_writes: int = 0
+    completed_reads: int = 0
+    unknown_writes: int = 0
+
+    def complete(self, op: ClientOp) -> None:
+        assert op.done and op.return_time is not None
+        self.records.append(
+            HistoryRecord(
+                op.client_id, op.kind, op.key, op.value, op.output, op.call_time, op.return_time
+            )
+        )
+        if op.is_write:
+            self.completed_writes += 1
+        else:
+            self.completed_reads += 1
+
+    def abandon(self, op: ClientOp) -> None:
+        """The client stops waiting for `op`; a write's outcome stays unknown."""
+        if op.is_write:
+            self.records.append(
+                HistoryRecord(op.client_id, op.kind, op.key, op.value, None, op.call_time, None)
+            )
+            self.unknown_writes += 1
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadConfig:
+    clients: int = 3
+    keys: tuple[str, ...] = ("x", "y", "z")
+    #: Pause between one operation's end and the client's next call.
+    max_think_units: int = 20
+    #: How long a client waits before it gives up on an operation.
+    timeout_units: int = 400
+    read_fraction: float = 0.4
+    append_fraction: float = 0.3
+    #: How often a client sends to the node it believes leads (else a random node).
+    leader_affinity: float = 0.6
+
+
+class Workload:
+    """Drives the clients through the cluster's scheduler."""
+
+    def __init__(self, cluster: Cluster, rng: random.Random, config: WorkloadConfig) -> None:
+        self._cluster = cluster
+        self._rng = rng
+        self.config = config
+        self.history = History()
+        self.active = True
+        self._next_client_id = 1
+        self._op_seq = 0
+        self._pending: dict[int, ClientOp] = {}
+        self._client_ids: dict[int, int] = {}
+        for slot in range(config.clients):
+            self._client_ids[slot] = self._new_client_id()
+            cluster.schedule(rng.randint(0, config.max_think_units), self._act, slot)
+
+    def _new_client_id(self) -> int:
+        client_id = self._next_client_id
+        self._next_client_id += 1
+        return client_id
+
+    @property
+    def pending_ops(self) -> list[ClientOp]:
+        return list(self._pending.values())
+
+    def _act(self, slot: int) -> None:
+        if not self.active:
+            return
+        cluster = self._cluster
+        rng = self._rng
+        node_id = self._choose_node()
+        if node_id is None:
+            cluster.schedule(self.config.max_think_units, self._act, slot)
+            return
+        self._op_seq += 1
+        roll = rng.random()
+        if roll < self.config.read_fraction:
+            kind = GET
+            value = None
+        else:
+            kind = APPEND if roll < self.config.read_fraction + self.config.append_fraction else PUT
+            value = f"{self._op_seq}." if kind == APPEND else f"v{self._op_seq}"
+        op = ClientOp(
+            op_id=f"op{self._op_seq}",
+            client_id=self._client_ids[slot],
+            kind=kind,
+            key=rng.choice(self.config.keys),
+            value=value,
+            call_time=cluster.time,
+            node_id=node_id,
+            on_done=lambda done: self._finished(slot, done),
+        )
+        self._pending[slot] = op
+        cluster.schedule(self.config.timeout_units, self._timeout, slot, op)
+        cluster.submit(op)
+
+    def _choose_node(self) -> int | None:
+        cluster = self._cluster
+        candidates = cluster.live_node_ids()
+        if not candidates:
+            return None
+        leader = cluster.leader_id()
+        if leader is not None and self._rng.random() < self.config.leader_affinity:
+            return leader
+        return self._rng.choice(candidates)
+
+    def _finished(self, slot: int, op: ClientOp) -> None:
+        if self._pending.get(slot) is op:
+            del self._pending[slot]
+        # A refused request (no leader known, a transfer in progress) was never
+        # proposed, so it never happened and leaves no record.
+        if not op.refused:
+            self.history.complete(op)
+        self._next(slot)
+
+    def _timeout(self, slot: int, op: ClientOp) -> None:
+        if op.done:
+            return
+        self._cluster.forget(op)
+        op.done = True
+        self._pending.pop(slot, None)
+        self.history.abandon(op)
+        if op.is_write:
+            self._client_ids[slot] = self._new_client_id()
+        self._next(slot)
+
+    def _next(self, slot: int) -> None:
+        self._cluster.schedule(self._rng.randint(1, self.config.max_think_units), self._act, slot)
+
+    def stop(self) -> None:
+        """Issue no new operations; the pending ones may still complete."""
+        self.active = False
+
+    def abandon_pending(self) -> None:
+        """Give up on every operation still pending (the end of a run)."""
+        self.active = False
+        for slot, op in list(self._pending.items()):
+            self._timeout(slot, op)

@@ -646,15 +646,21 @@ class Raft:
                 f"leadership is being transferred to {self.lead_transferee}; retry shortly"
             )
         entries = list(m.entries)
-        for position, entry in enumerate(entries):
+        conf_position = 0
+        for position, entry in enumerate(entries, 1):
             if entry.type == EntryType.CONF_CHANGE:
-                if self.pending_conf_index > self.log.applied:
+                if conf_position or self.pending_conf_index > self.log.applied:
                     raise ConfChangePending(
                         "a membership change is already in progress; retry once it is applied"
                     )
                 self._validate_conf_change(ConfChange.decode(entry.data))
-                self.pending_conf_index = self.log.last_index() + position + 1
+                conf_position = position
+        first_index = self.log.last_index() + 1
         self._append_entries(entries)
+        if conf_position:
+            # Only once the change is in the log: a proposal refused above (say, by
+            # the uncommitted-bytes cap) must not block the next change.
+            self.pending_conf_index = first_index + conf_position - 1
         self._broadcast_append()
 
     def _validate_conf_change(self, change: ConfChange) -> None:

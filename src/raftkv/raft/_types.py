@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import msgpack
 
+from ._errors import InvalidConfChange
+
 #: Node ids are positive integers; 0 means "nobody" (no vote, no known leader).
 NONE = 0
 
@@ -101,8 +103,18 @@ class ConfChange:
 
     @classmethod
     def decode(cls, data: bytes) -> ConfChange:
-        kind, node_id, context = msgpack.unpackb(data)
-        return cls(ConfChangeType(kind), int(node_id), bytes(context))
+        """Raises InvalidConfChange if `data` is not an encoded ConfChange: it may come
+        from a peer (a forwarded proposal), and bad peer input must not crash a node."""
+        try:
+            kind, node_id, context = msgpack.unpackb(data)
+            change_type = ConfChangeType(kind)
+        except (ValueError, TypeError) as error:
+            raise InvalidConfChange(f"not an encoded membership change: {error}") from error
+        if type(node_id) is not int or type(context) is not bytes:
+            raise InvalidConfChange(
+                f"not an encoded membership change: node id {node_id!r}, context {context!r}"
+            )
+        return cls(change_type, node_id, context)
 
 
 @dataclass(frozen=True, slots=True)

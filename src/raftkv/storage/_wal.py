@@ -6,8 +6,11 @@ no gaps; `first index` is the index the log would have next when the segment was
 started, so every live entry in a segment is below the next segment's first
 index. Each segment begins with a METADATA record (format version, node id,
 cluster id, seq) and a HARD_STATE record, so that any suffix of the segments is a
-complete WAL. New segments are written under a `.tmp` name, fsynced, renamed and
-the directory fsynced: a segment file that exists has an intact beginning.
+complete WAL. A segment is prepared ahead as `spare.tmp`, zero-filled to
+`segment_size_bytes` and fsynced (see `_spare`); it becomes a segment once its
+first records are written and fsynced, by a rename and an fsync of the
+directory. So a segment file that exists has an intact beginning, and a segment
+may end in zeros, which are not records.
 
 Writing: `save` appends records at the end of the last segment with one
 vectored write; `sync` fdatasyncs it. Once the last segment is past
@@ -45,6 +48,7 @@ from ._files import (
 )
 from ._records import RecordType, SnapshotMarker, WALMetadata
 from ._replay import LogReplay, ReplayGapError
+from ._spare import SPARE_NAME, SpareSegment, zero_filled_file
 
 DEFAULT_SEGMENT_SIZE_BYTES = 64 * 1024 * 1024
 
@@ -171,6 +175,7 @@ class WAL:
         #: Where the newest marker for each snapshot index is: (segment seq, offset
         #: just past the marker record).
         self._markers: dict[int, tuple[int, int]] = {}
+        self._spare: SpareSegment | None = None
         self._failed: DurabilityError | None = None
         self._closed = False
         # _sync_lock serializes sync, rotation and release; _lock guards the write
@@ -257,6 +262,7 @@ class WAL:
         self._hard_state = replay.hard_state if replay.hard_state is not None else HardState()
         self._last_index = 0 if replay.base_index is None else replay.last_index()
         self._markers = reader.markers
+        self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     def _zero(self, path: Path, start: int, end: int) -> None:
         """Overwrite [start, end) with zeros: the remains of a torn write."""
@@ -273,23 +279,24 @@ class WAL:
     def metadata(self) -> WALMetadata:
         return self._metadata
 
-    def save(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> None:
+    def save(self, entries: Sequence[Entry], hard_state: HardState | None = None) -> int:
         """Append `entries` (consecutive indexes; they replace any entries from the
         first one's index on) and then `hard_state`, with one write. Not durable
-        until `sync` returns."""
+        until `sync` returns. Returns the number of bytes written."""
         parts: list[bytes] = []
         if entries:
             parts += records.frame(RecordType.ENTRIES, records.encode_entries(entries))
         if hard_state is not None:
             parts += records.frame(RecordType.HARD_STATE, [records.encode_hard_state(hard_state)])
         if not parts:
-            return
+            return 0
         with self._lock:
-            self._write(parts)
+            size = self._write(parts)
             if entries:
                 self._last_index = entries[-1].index
             if hard_state is not None:
                 self._hard_state = hard_state
+        return size
 
     def save_snapshot(self, marker: SnapshotMarker) -> None:
         """Record that a snapshot file for (index, term) is durable. Write the file
@@ -300,7 +307,7 @@ class WAL:
             self._markers[marker.index] = (self._segments[-1].seq, self._offset)
             self._last_index = max(self._last_index, marker.index)
 
-    def _write(self, parts: list[bytes]) -> None:
+    def _write(self, parts: list[bytes]) -> int:
         self._check_usable()
         size = sum(map(len, parts))
         try:
@@ -315,6 +322,7 @@ class WAL:
                 )
             )
         self._offset += size
+        return size
 
     def sync(self) -> None:
         """Make every record saved before this call durable (one fdatasync), then
@@ -348,19 +356,22 @@ class WAL:
             raise self._fail(error) from error.__cause__
 
     def _start_segment(self, seq: int, first_index: int) -> None:
-        """Create segment `seq` durably (temp file, fsync, rename, fsync of the
-        directory) with its METADATA and HARD_STATE records, and write to it."""
+        """Make segment `seq` the one being written: take the zero-filled spare (or
+        make one now), write its METADATA and HARD_STATE records, fsync, rename it
+        to its segment name, fsync the directory, and start preparing the next."""
         path = _segment_path(self._directory, seq, first_index)
-        temporary = path.with_name(path.name + ".tmp")
+        if self._spare is None:
+            temporary = self._directory / SPARE_NAME
+            fd = zero_filled_file(temporary, self._segment_size_bytes)
+        else:
+            temporary = self._spare.path
+            fd = self._spare.take()
+            self._spare = None
         metadata = records.encode_metadata(self._metadata, seq)
         hard_state = records.encode_hard_state(self._hard_state)
         header = records.encode_record(RecordType.METADATA, metadata) + records.encode_record(
             RecordType.HARD_STATE, hard_state
         )
-        try:
-            fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        except OSError as error:
-            raise durability_error("create", temporary, error) from error
         try:
             os.pwrite(fd, header, 0)
             fsync_fd(fd, temporary)
@@ -375,6 +386,7 @@ class WAL:
         self._segments.append(_Segment(seq, first_index, path))
         self._fd = fd
         self._offset = self._synced_offset = len(header)
+        self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     # --- releasing -------------------------------------------------------------------
 
@@ -446,6 +458,9 @@ class WAL:
             if self._closed:
                 return
             self._closed = True
+            if self._spare is not None:
+                self._spare.cancel()
+                self._spare = None
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1

@@ -70,14 +70,16 @@ def parse_endpoints(endpoints: str | Sequence[str]) -> list[Endpoint]:
     return parsed
 
 
-def parse_endpoint(text: str) -> Endpoint:
+def parse_endpoint(text: str, *, any_port: bool = False) -> Endpoint:
+    """One "host:port"; `any_port` accepts port 0 too (a server picks a free one)."""
     item = text.strip()
     if item.startswith("redis://"):
         item = item[len("redis://") :].rstrip("/")
     host, colon, port_text = item.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-    if not colon or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    lowest = 0 if any_port else 1
+    if not colon or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise errors.InvalidRequest(f"invalid endpoint {text!r}: expected 'host:port'")
     return host, int(port_text)
 
@@ -98,6 +100,14 @@ def key_bytes(key: Key) -> bytes:
     if not key:
         raise errors.InvalidRequest("empty key: a raftkv key is at least one byte long")
     return key
+
+
+def show_key(key: bytes) -> str:
+    """A key in a message: quoted text, or a bytes literal if it is not UTF-8."""
+    try:
+        return repr(key.decode())
+    except UnicodeDecodeError:
+        return repr(key)
 
 
 def value_bytes(value: Value) -> bytes:
@@ -232,7 +242,7 @@ class Requests(Generic[V]):
 
         def parse(reply: Any) -> V:
             if reply is None:
-                raise errors.KeyNotFound(f"key not found: {raw_key!r}")
+                raise errors.KeyNotFound(f"key not found: {show_key(raw_key)}")
             return self.decode(reply)
 
         return Request(("GET", raw_key), parse)

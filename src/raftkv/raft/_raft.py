@@ -567,6 +567,9 @@ class Raft:
             self.lead = m.frm
             self._handle_snapshot(m)
         elif kind is MessageType.TRANSFER_LEADER:
+            if m.frm not in self.voters:
+                # Refuse here rather than let the leader drop it silently.
+                raise LeaderTransferRefused(f"node {m.frm} is not a voter")
             if self.lead == NONE:
                 raise ProposalDropped("no leader is known to transfer leadership from")
             self._send(_redirect(m, self.lead))

@@ -78,7 +78,7 @@ def test_uncommitted_bytes_cap_applies_backpressure() -> None:
     net.process()
     last_index = leader.status().last_index
     with pytest.raises(ProposalDropped):
-        leader.propose_many([b"more", b"still more"])
+        leader.propose_many([b"fits", bytes(100)])
     assert leader.status().last_index == last_index  # nothing of a refused batch is kept
 
 

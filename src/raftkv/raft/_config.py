@@ -43,7 +43,10 @@ class Config:
     pre_vote: bool = True
     #: Check quorum: a leader that has not heard from a quorum within an election
     #: timeout steps down, and followers ignore vote requests while they hear from a
-    #: leader (leader lease). Needed for safe ReadIndex under partitions.
+    #: leader (leader lease), so a node cut off and then back cannot disrupt a
+    #: healthy leader. Off, a leader cut off from the others keeps leading, and its
+    #: clients wait (its ReadIndex needs a heartbeat quorum), until it hears a
+    #: newer term.
     check_quorum: bool = True
     #: The last index the host has applied (on restart: the index of the state
     #: machine snapshot it restored). Committed entries after it are delivered again.
@@ -62,15 +65,19 @@ class Config:
         if self.max_inflight_msgs <= 0:
             raise ConfigError(f"max_inflight_msgs must be positive, got {self.max_inflight_msgs}")
         if self.max_size_per_msg_bytes <= 0:
-            raise ConfigError("max_size_per_msg_bytes must be positive")
+            raise ConfigError(
+                f"max_size_per_msg_bytes must be positive, got {self.max_size_per_msg_bytes}"
+            )
         if self.max_applying_bytes <= 0:
-            raise ConfigError("max_applying_bytes must be positive")
-        if self.max_inflight_bytes < 0 or self.max_uncommitted_entries_bytes < 0:
-            raise ConfigError("byte caps must be >= 0 (0 means no cap)")
+            raise ConfigError(f"max_applying_bytes must be positive, got {self.max_applying_bytes}")
+        for knob in ("max_inflight_bytes", "max_uncommitted_entries_bytes"):
+            value = getattr(self, knob)
+            if value < 0:
+                raise ConfigError(f"{knob} must be >= 0 (0 means no cap), got {value}")
         if 0 < self.max_inflight_bytes < self.max_size_per_msg_bytes:
             raise ConfigError(
                 "max_inflight_bytes must be 0 or at least max_size_per_msg_bytes, "
                 "or a single full append could never be sent"
             )
         if self.applied < 0:
-            raise ConfigError("applied must be >= 0")
+            raise ConfigError(f"applied must be >= 0, got {self.applied}")

@@ -68,10 +68,11 @@ class RawNode:
         self._raft.tick()
 
     def step(self, message: Message) -> None:
-        """Feed a message received from a peer. Never raises for bad peer input."""
-        if message.type in (MessageType.PROP, MessageType.READ_INDEX) and message.frm == 0:
-            return
-        self._raft.step(message)
+        """Feed a message received from a peer. Never raises for bad peer input: a
+        message that cannot be right is dropped, one that cannot be served now is
+        ignored (the peer retries)."""
+        if _well_formed(message):
+            self._raft.step(message)
 
     def propose(self, data: bytes) -> None:
         """Propose one entry. Raises ProposalDropped if it cannot be accepted now."""
@@ -221,3 +222,20 @@ class RawNode:
             lead_transferee=raft.lead_transferee,
             progress=progress,
         )
+
+
+def _well_formed(m: Message) -> bool:
+    """Whether a peer's message has a shape the core can trust. Only O(1) checks:
+    this runs for every message."""
+    kind = m.type
+    if (kind is MessageType.PROP or kind is MessageType.READ_INDEX) and m.frm == 0:
+        return False  # A request nobody can be answered for.
+    if m.term < 0 or m.index < 0 or m.log_term < 0 or m.commit < 0 or m.reject_hint < 0:
+        return False
+    if kind is MessageType.SNAP:
+        return m.snapshot is not None
+    entries = m.entries
+    if kind is MessageType.APP and entries:
+        # The entries must directly follow the entry at `index`.
+        return entries[0].index == m.index + 1 and entries[-1].index == m.index + len(entries)
+    return True

@@ -24,7 +24,7 @@ from raftkv.transport._codec import decode_snapshot_head, encode_snapshot_head
 
 from .strategies import messages, msgpack_values
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 SNAPSHOT = Snapshot(
     SnapshotMetadata(index=120, term=4, conf_state=ConfState(voters=(1, 2, 3), learners=(4,))),
@@ -94,13 +94,13 @@ def test_irregular_entries_round_trip() -> None:
 
 
 @given(st.lists(messages, max_size=8))
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 def test_any_batch_round_trips(batch: list[Message]) -> None:
     assert decode_batch(encode_batch(batch)) == batch
 
 
 @given(messages.filter(lambda m: m.snapshot is not None))
-@settings(max_examples=50, deadline=None)
+@settings(max_examples=30, deadline=None)
 def test_snapshot_head_carries_everything_but_the_data(message: Message) -> None:
     assert message.snapshot is not None
     head, length = decode_snapshot_head(encode_snapshot_head(message))

@@ -46,6 +46,7 @@ import errno
 import logging
 import random
 import socket
+import typing
 from collections.abc import Callable, Iterable, Mapping
 
 from raftkv.raft import Message
@@ -257,6 +258,9 @@ class Transport:
             await asyncio.gather(*(link.closed for link in list(self._links)))
         if self._server is not None:
             await self._server.wait_closed()
+        # One more loop step: asyncio closes the socket of an abandoned dial in a
+        # connection_lost callback that is already scheduled.
+        await asyncio.sleep(0)
 
     # -- internals shared with the peers and links ----------------------------------------
 
@@ -567,7 +571,11 @@ class _Peer:
         timeout_s = self.owner._config.connect_timeout_s
         try:
             async with asyncio.timeout(timeout_s):
-                await self.loop.create_connection(lambda: link, host, port)
+                try:
+                    await self.loop.create_connection(lambda: link, host, port)
+                except BaseException:  # refused, timed out or cancelled: see abandon()
+                    link.abandon()
+                    raise
                 status = await link.answer
         except TimeoutError:
             link.abort()
@@ -608,6 +616,7 @@ class _OutboundLink(asyncio.Protocol):
         assert peer.loop is not None
         self.owner = owner
         self.peer = peer
+        self.loop = peer.loop
         self.transport: asyncio.Transport | None = None
         self.paused = False
         #: The listener's answer, or None if the connection closed before a valid one.
@@ -617,12 +626,21 @@ class _OutboundLink(asyncio.Protocol):
         self._received = bytearray()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = typing.cast(asyncio.Transport, transport)
         self.owner._links.add(self)
         _tune_socket(transport)
-        transport.set_write_buffer_limits(high=self.owner._config.write_buffer_high_bytes)
-        transport.write(encode_hello(self.owner.cluster_id, self.owner.node_id, self.peer.id))
+        self.transport.set_write_buffer_limits(high=self.owner._config.write_buffer_high_bytes)
+        # Nothing here may close the transport: uvloop never calls connection_lost for
+        # a transport closed inside connection_made, and stop() waits for that call.
+        # A write can fail and close it, so the hello goes out on the next loop step.
+        self.loop.call_soon(self._send_hello)
+
+    def _send_hello(self) -> None:
+        assert self.transport is not None
+        if not self.closed.done() and not self.transport.is_closing():
+            owner = self.owner
+            self.transport.write(encode_hello(owner.cluster_id, owner.node_id, self.peer.id))
 
     def data_received(self, data: bytes) -> None:
         if self.answer.done():
@@ -655,12 +673,23 @@ class _OutboundLink(asyncio.Protocol):
             self.peer.on_resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._closed_down()
+        self.peer.on_link_lost(self, exc)
+
+    def abandon(self) -> None:
+        """Close a link whose create_connection did not return. When that call is
+        cancelled after connection_made ran, uvloop closes the transport without ever
+        calling connection_lost (asyncio does call it), so the link closes its books here."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+        self._closed_down()
+
+    def _closed_down(self) -> None:
         self.owner._links.discard(self)
         if not self.answer.done():
             self.answer.set_result(None)
         if not self.closed.done():
             self.closed.set_result(None)
-        self.peer.on_link_lost(self, exc)
 
     def write(self, data: bytes) -> None:
         assert self.transport is not None
@@ -689,12 +718,15 @@ class _InboundLink(asyncio.Protocol):
         self._closing = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
+        self.transport = typing.cast(asyncio.Transport, transport)
         owner = self.owner
         owner._links.add(self)
+        # Closing is deferred to the next loop step: uvloop never calls connection_lost
+        # for a transport closed inside connection_made, and stop() waits for that call.
         if owner._closed:
-            self.abort()
+            self._closing = True
+            self.loop.call_soon(self.abort)
             return
         if len(owner._inbound) >= owner._config.max_inbound_connections:
             logger.warning(
@@ -702,7 +734,8 @@ class _InboundLink(asyncio.Protocol):
                 self._remote(),
                 len(owner._inbound),
             )
-            self.abort()
+            self._closing = True
+            self.loop.call_soon(self.abort)
             return
         owner._inbound.add(self)
         _tune_socket(transport)

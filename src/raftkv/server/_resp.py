@@ -185,6 +185,8 @@ class RespConnection(asyncio.Protocol):
         self.drain_task: asyncio.Task[None] | None = None
         self.paused = False
         self.closing = False
+        self.multibulk = False
+        self.inline_pending = b""
         self.read_barrier: asyncio.Future[None] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
@@ -203,12 +205,19 @@ class RespConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        if not self.buffered_bytes and data[:1] not in (b"*", b""):
-            self._inline(data)
-            return
+        self.read_barrier = None  # Reads in a new batch need a barrier of their own.
+        # A connection speaks inline commands until its first multibulk request (a
+        # line that starts with `*`), and multibulk from then on: RESP clients start
+        # with `*` at once, and no client goes back (hiredis keeps the state of a
+        # request split across reads to itself, so a switch back could not be told
+        # from the rest of a split request).
+        if not self.multibulk:
+            data = self._inline(data)
+            if not data:
+                self._schedule_drain()
+                return
         self.reader.feed(data)
         self.buffered_bytes += len(data)
-        self.read_barrier = None  # Reads in a new batch need a barrier of their own.
         try:
             while True:
                 command = self.reader.gets()
@@ -224,13 +233,30 @@ class RespConnection(asyncio.Protocol):
             return
         self._schedule_drain()
 
-    def _inline(self, data: bytes) -> None:
-        """Inline commands (`PING\\r\\n` typed into telnet or netcat)."""
-        for line in data.split(b"\n"):
-            words = line.strip().split()
+    def _inline(self, data: bytes) -> bytes:
+        """Inline commands (`PING\\r\\n` typed into telnet or netcat, or piped by
+        `redis-cli --pipe`): each complete line is one command. A partial last line
+        waits for the rest of it. Returns the data from the first multibulk request
+        (a line that starts with `*`) on, for the RESP parser."""
+        buffer = self.inline_pending + data if self.inline_pending else data
+        self.inline_pending = b""
+        start = 0
+        while start < len(buffer):
+            if buffer[start : start + 1] == b"*":
+                self.multibulk = True
+                return buffer[start:]
+            end = buffer.find(b"\n", start)
+            if end < 0:
+                if len(buffer) - start > self.server.max_request_bytes:
+                    self._fatal("ERR Protocol error: too big inline request")
+                else:
+                    self.inline_pending = buffer[start:]
+                return b""
+            words = buffer[start:end].split()
+            start = end + 1
             if words:
                 self._dispatch(words)
-        self._schedule_drain()
+        return b""
 
     def _fatal(self, message: str) -> None:
         self.replies.append(error_reply(message))
@@ -592,7 +618,8 @@ def _decrby(conn: RespConnection, args: list[bytes]) -> None:
 @command("SCAN", -2)
 def _scan(conn: RespConnection, args: list[bytes]) -> None:
     """SCAN cursor [MATCH prefix*] [COUNT n]. The cursor is opaque to clients: 0
-    starts, and the reply's cursor continues after the last key returned."""
+    starts, and the reply's cursor continues after the last key returned (it encodes
+    that key, so any node can continue a scan another node began)."""
     cursor = args[1]
     pattern = b"*"
     count = 10
@@ -618,7 +645,7 @@ def _scan(conn: RespConnection, args: list[bytes]) -> None:
     def render(_: Any) -> bytes:
         page = machine.scan(prefix, count, start_after)
         keys = [key for key, _ in page]
-        next_cursor = b"0" if len(page) < count else keys[-1].hex().encode() or b"0"
+        next_cursor = b"0" if len(page) < count else _encode_cursor(keys[-1])
         if not exact:
             text = pattern.decode("latin-1")
             keys = [k for k in keys if fnmatch.fnmatchcase(k.decode("latin-1"), text)]
@@ -627,11 +654,34 @@ def _scan(conn: RespConnection, args: list[bytes]) -> None:
     conn.reply_later(conn.barrier(), render)
 
 
+#: Keys up to this long get a decimal cursor; Python refuses to print integers of
+#: more than 4300 digits, so longer keys get a hex one (which raftkv accepts, but
+#: clients that parse cursors as integers, as redis-py does, do not).
+_DECIMAL_CURSOR_KEY_BYTES = 1024
+
+
+def _encode_cursor(last_key: bytes) -> bytes:
+    """Clients parse a SCAN cursor as an unsigned integer, so it is one: the last key's
+    bytes behind a 0x01 byte (which keeps leading zero bytes), read as one big-endian
+    number, in decimal."""
+    if len(last_key) > _DECIMAL_CURSOR_KEY_BYTES:
+        return b"x" + last_key.hex().encode()
+    return b"%d" % int.from_bytes(b"\x01" + last_key, "big")
+
+
 def _decode_cursor(cursor: bytes) -> bytes:
     try:
-        return bytes.fromhex(cursor.decode("ascii"))
+        if cursor[:1] == b"x":
+            return bytes.fromhex(cursor[1:].decode("ascii"))
+        if not cursor.isdigit():
+            raise ValueError(cursor)
+        number = int(cursor)
     except (ValueError, UnicodeDecodeError):
         raise RespError("ERR invalid cursor") from None
+    raw = number.to_bytes((number.bit_length() + 7) // 8, "big")
+    if raw[:1] != b"\x01":
+        raise RespError("ERR invalid cursor")
+    return raw[1:]
 
 
 def _pattern_prefix(pattern: bytes) -> tuple[bytes, bool]:

@@ -134,27 +134,30 @@ class FrameReader:
     """Splits a byte stream into frames.
 
     `feed` returns the frames completed by the new bytes as (kind, payload) pairs. Frames
-    wholly inside one read are returned as views into that read, without copying; only
-    a frame that spans reads is buffered, and it is copied once when it completes.
+    wholly inside one read are returned as views into that read, without copying; the
+    reads of a frame that spans several are kept as they are and joined once, when the
+    frame is complete.
     """
 
-    __slots__ = ("_max_frame_bytes", "_needed_bytes", "_pending")
+    __slots__ = ("_max_frame_bytes", "_needed_bytes", "_pending", "_pending_bytes")
 
     def __init__(self, max_frame_bytes: int) -> None:
         self._max_frame_bytes = max_frame_bytes
-        self._pending = bytearray()
-        # invariant: _pending holds less than _needed_bytes, the size of the first
-        # incomplete unit (a header, or a header plus its payload).
+        self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
+        # invariant: _pending_bytes < _needed_bytes, the size of the first incomplete
+        # unit in _pending (a frame header, or a header plus its payload).
         self._needed_bytes = FRAME_HEADER.size
 
     def feed(self, data: bytes) -> list[tuple[int, memoryview]]:
-        pending = self._pending
-        if pending:
-            pending += data
-            if len(pending) < self._needed_bytes:
+        if self._pending_bytes:
+            self._pending.append(data)
+            self._pending_bytes += len(data)
+            if self._pending_bytes < self._needed_bytes:
                 return []
-            data = bytes(pending)
-            pending.clear()
+            data = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_bytes = 0
         frames: list[tuple[int, memoryview]] = []
         view = memoryview(data)
         size = len(data)
@@ -176,7 +179,8 @@ class FrameReader:
             frames.append((kind, view[position + header_size : end]))
             position = end
         if position < size:
-            pending += view[position:]
+            self._pending.append(view[position:])
+            self._pending_bytes = size - position
             self._needed_bytes = needed
         return frames
 

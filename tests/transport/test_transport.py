@@ -389,3 +389,20 @@ async def test_stop_with_traffic_in_flight_leaves_nothing_behind() -> None:
         for node in nodes:
             node.send(*(append(node.id, nodes[node.id % 3].id, i) for i in range(0, 6400, 64)))
     # cluster() stopped every node while frames were being written and read.
+
+
+@async_test
+async def test_connections_disable_nagle_and_bound_dead_peer_detection() -> None:
+    config = dataclasses.replace(FAST, dead_peer_timeout_s=6.0)
+    a, b = Node(1, config=config), Node(2, config=config)
+    async with running(a, b):
+        a.transport.add_peer(2, *b.address)
+        await connected(a, b)
+        link = a.transport._peers[2].link
+        assert link is not None and link.transport is not None
+        sock = link.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 6000
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 3

@@ -57,6 +57,13 @@ class TransportConfig:
     handshake_timeout_s: float = 5.0
     """Time an inbound connection has to send its hello before it is closed."""
 
+    dead_peer_timeout_s: float = 10.0
+    """How long sent bytes may stay unacknowledged, or an idle connection's keepalive
+    probes unanswered, before the kernel declares the connection dead (Linux
+    TCP_USER_TIMEOUT and keepalive); the peer is then redialed. Without it a peer that
+    vanished without a reset would be noticed only after many minutes. Lower notices
+    sooner; too low drops healthy connections over a congested network."""
+
     max_inbound_connections: int = 256
     """Inbound connections held at once (pending handshakes included); more are closed
     at once. Each established peer holds one; a reconnecting peer replaces its old one."""
@@ -82,7 +89,12 @@ class TransportConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("backoff_initial_s", "connect_timeout_s", "handshake_timeout_s"):
+        for name in (
+            "backoff_initial_s",
+            "connect_timeout_s",
+            "handshake_timeout_s",
+            "dead_peer_timeout_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not self.backoff_max_s >= self.backoff_initial_s:

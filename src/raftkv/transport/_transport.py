@@ -428,8 +428,8 @@ class _Peer:
     def flush(self) -> None:
         self.flush_scheduled = False
         link = self.link
-        if link is None or link.paused:
-            return  # connecting, or resume_writing will flush
+        if link is None or link.paused or link.closing:
+            return  # not connected, resume_writing will flush, or connection_lost is due
         if self.queue:
             batch = self.queue
             self.queue = []
@@ -596,17 +596,30 @@ class _Peer:
         if self.failing:
             self.failing = False
             logger.info("peer %d is reachable again", self.id)
-        if self.queue or self.snapshots:
+        if (self.queue or self.snapshots) and not self.flush_scheduled:
             self.schedule_flush()
 
 
-def _tune_socket(transport: asyncio.BaseTransport) -> None:
+def _tune_socket(transport: asyncio.BaseTransport, dead_peer_timeout_s: float) -> None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return
     # Raft messages are latency-bound (heartbeats, votes, acks): never wait for Nagle.
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if hasattr(socket, "TCP_KEEPIDLE"):  # Linux: probe an idle connection after half
+        # the timeout, then three times in the other half.
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, max(1, int(dead_peer_timeout_s / 2))
+        )
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, int(dead_peer_timeout_s / 6))
+        )
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: bound unacknowledged sends
+        sock.setsockopt(
+            socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(dead_peer_timeout_s * 1000)
+        )
 
 
 class _OutboundLink(asyncio.Protocol):
@@ -629,7 +642,7 @@ class _OutboundLink(asyncio.Protocol):
         # A cast, not an isinstance check: uvloop's transports do not subclass asyncio's.
         self.transport = typing.cast(asyncio.Transport, transport)
         self.owner._links.add(self)
-        _tune_socket(transport)
+        _tune_socket(transport, self.owner._config.dead_peer_timeout_s)
         self.transport.set_write_buffer_limits(high=self.owner._config.write_buffer_high_bytes)
         # Nothing here may close the transport: uvloop never calls connection_lost for
         # a transport closed inside connection_made, and stop() waits for that call.
@@ -691,6 +704,10 @@ class _OutboundLink(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    @property
+    def closing(self) -> bool:
+        return self.transport is None or self.transport.is_closing()
+
     def write(self, data: bytes) -> None:
         assert self.transport is not None
         self.transport.write(data)
@@ -738,7 +755,7 @@ class _InboundLink(asyncio.Protocol):
             self.loop.call_soon(self.abort)
             return
         owner._inbound.add(self)
-        _tune_socket(transport)
+        _tune_socket(transport, owner._config.dead_peer_timeout_s)
         self._handshake_timer = self.loop.call_later(
             owner._config.handshake_timeout_s, self._handshake_timed_out
         )

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from raftkv.raft import Message
 
 from .network import Network
 
 ELECTION_TICK = 10
+
+
+def leader_other_than(net: Network, old: int) -> Callable[[], bool]:
+    return lambda: net.leader() not in (None, old)
 
 
 def scripted_run(seed: int) -> tuple[list[Message], dict[int, list[tuple[int, bytes]]]]:
@@ -26,7 +31,7 @@ def scripted_run(seed: int) -> tuple[list[Message], dict[int, list[tuple[int, by
         net.propose(target, b"v%d" % i)
         if i == 5:
             net.isolate(leader)
-            net.tick_until(lambda: net.leader() not in (None, leader))
+            net.tick_until(leader_other_than(net, leader))
         if i == 10:
             net.recover()
             net.tick_all(3)

@@ -274,3 +274,18 @@ def test_restarted_node_keeps_its_term_and_vote() -> None:
     restarted = RawNode(Config(id=2), storage, random.Random(0))
     assert restarted.term == term
     assert restarted.status().hard_state == storage.hard_state
+
+
+def test_new_leaders_first_messages_wait_for_its_term_to_be_durable() -> None:
+    # A single voter wins at once; its appends to the learner must not leave before
+    # its new term and vote are durable, or after a crash it could be elected
+    # again in the same term and send a different entry at the same index.
+    net = Network(2, learners=[2])
+    net.nodes[1].raw.campaign()
+    rd = net.nodes[1].raw.ready()
+    assert net.nodes[1].raw.role is Role.LEADER
+    assert rd.hard_state is not None and rd.hard_state.vote == 1
+    assert rd.must_sync
+    assert rd.early_messages == []
+    # The learner is sent its first append at once, not a heartbeat later.
+    assert [m.type for m in rd.messages] == [MessageType.APP]

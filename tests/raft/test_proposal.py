@@ -126,3 +126,38 @@ def test_new_leader_starts_with_no_uncommitted_bytes() -> None:
     assert leader is not None
     net.propose(leader, b"x")
     assert net.applied_data(leader) == [b"x"]
+
+
+def test_uncommitted_bytes_count_only_the_leaders_own_entries() -> None:
+    cap = 700
+    net = Network(
+        3,
+        configure=lambda i: Config(
+            id=i, max_uncommitted_entries_bytes=cap, max_size_per_msg_bytes=1, check_quorum=False
+        ),
+    )
+    net.campaign(1)
+    # Node 1 gets five entries (580 bytes) onto node 2, but commits none of them.
+    net.isolate(3)
+    net.cut_one_way(2, 1)
+    for _ in range(5):
+        net.nodes[1].raw.propose(bytes(100))
+    net.stabilize()
+    net.recover()
+    net.isolate(1)
+    # Node 2 takes over and at once appends five entries of its own (580 bytes).
+    leader = net.nodes[2].raw
+    leader.campaign()
+    while leader.role is not Role.LEADER:
+        net.deliver(1)
+    for _ in range(5):
+        leader.propose(bytes(100))
+    # Its no-op commits, and node 1's entries with it, but its own entries do not.
+    term = leader.term
+    net.filters.append(lambda m: any(e.term == term and e.data for e in m.entries))
+    net.stabilize()
+    assert len(net.applied_data(2)) == 5
+    # 580 bytes of node 2's own are still uncommitted, so 200 more pass the cap:
+    # applying node 1's old entries must not count as releasing node 2's.
+    with pytest.raises(ProposalDropped):
+        leader.propose(bytes(200))

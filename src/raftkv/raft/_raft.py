@@ -59,6 +59,8 @@ from ._types import (
     Snapshot,
     SoftState,
     entries_size_bytes,
+    has_conf_change,
+    numbered_entries,
 )
 
 #: Context of a vote request that a leadership transfer started: voters grant it
@@ -141,6 +143,9 @@ class Raft:
         self.pending_read_index: list[Message] = []
         self.pending_conf_index = 0
         self.uncommitted_bytes = 0
+        #: The index of this leader's first entry (its no-op): entries from there on
+        #: are the ones `uncommitted_bytes` counts.
+        self.term_start_index = 0
         self.lead_transferee = NONE
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -355,6 +360,7 @@ class Raft:
             own.become_replicate()
         # Conservatively treat any unapplied tail as holding a membership change.
         self.pending_conf_index = self.log.last_index()
+        self.term_start_index = self.log.last_index() + 1
         # The first entry of the new term: only entries of the current term are
         # committed by counting replicas, so this commits everything before it.
         self._append_entries([Entry(0, 0)])
@@ -388,6 +394,7 @@ class Raft:
                 self._campaign(pre_vote=False, transfer=transfer)
             else:
                 self._become_leader()
+                self._broadcast_append()  # to its learners, if any
             return
         last_index = self.log.last_index()
         last_term = self.log.last_term()
@@ -650,7 +657,7 @@ class Raft:
             )
         entries = list(m.entries)
         conf_position = 0
-        for position, entry in enumerate(entries, 1):
+        for position, entry in enumerate(entries if has_conf_change(entries) else (), 1):
             if entry.type == EntryType.CONF_CHANGE:
                 if conf_position or self.pending_conf_index > self.log.applied:
                     raise ConfChangePending(
@@ -693,12 +700,7 @@ class Raft:
                 "cluster catches up"
             )
         self.uncommitted_bytes += added_bytes
-        self.log.append(
-            [
-                Entry(term, last_index + offset, entry.type, entry.data)
-                for offset, entry in enumerate(entries, 1)
-            ]
-        )
+        self.log.append(numbered_entries(entries, term, last_index + 1))
         # The leader's own match moves only once the host reports the entries
         # durable (`on_persisted`): it must not count itself towards a quorum early.
 
@@ -949,8 +951,12 @@ class Raft:
             return
         self.log.applied_to(entries[-1].index)
         if self.role is Role.LEADER and self.uncommitted_bytes:
-            released = entries_size_bytes(entries)
-            self.uncommitted_bytes = max(0, self.uncommitted_bytes - released)
+            # Only this leader's own entries were counted; earlier terms' entries that
+            # its no-op committed must not release any of them.
+            own = entries[max(0, self.term_start_index - entries[0].index) :]
+            released = entries_size_bytes(own)
+            assert released <= self.uncommitted_bytes, "released more bytes than were counted"
+            self.uncommitted_bytes -= released
 
     def report_unreachable(self, node_id: int) -> None:
         progress = self.progress.get(node_id)

@@ -27,6 +27,7 @@ from ._types import (
     Role,
     SoftState,
     Status,
+    proposal_entries,
 )
 
 
@@ -81,7 +82,7 @@ class RawNode:
     def propose_many(self, datas: list[bytes]) -> None:
         """Propose several entries as one batch (one append, one message per peer)."""
         raft = self._raft
-        entries = tuple([Entry(0, 0, EntryType.NORMAL, data) for data in datas])
+        entries = proposal_entries(datas)
         raft.step(Message(MessageType.PROP, to=0, frm=raft.id, entries=entries), local=True)
 
     def propose_conf_change(self, change: ConfChange) -> None:
@@ -157,12 +158,15 @@ class RawNode:
         if hard_state != prev:
             rd.hard_state = hard_state
             self._prev_hard_state = hard_state
-        rd.must_sync = bool(
-            rd.entries
-            or rd.snapshot is not None
-            or hard_state.term != prev.term
-            or hard_state.vote != prev.vote
-        )
+        term_or_vote_changed = hard_state.term != prev.term or hard_state.vote != prev.vote
+        rd.must_sync = bool(rd.entries or rd.snapshot is not None or term_or_vote_changed)
+        if term_or_vote_changed and rd.early_messages:
+            # A leader elected within this Ready (a single voter wins at once) must
+            # not send before its term and vote are durable: after a crash it could
+            # be elected again in the same term and send a different entry at the
+            # same index.
+            rd.messages = rd.early_messages + rd.messages
+            rd.early_messages = []
         self._ready_pending = True
         return rd
 

@@ -7,10 +7,12 @@ compare by content and can be shared between the core, the host and the tests wi
 from __future__ import annotations
 
 import enum
+import functools
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from itertools import count, repeat
+from typing import NamedTuple, cast
 
 import msgpack
 
@@ -42,7 +44,35 @@ class Entry(NamedTuple):
 #: The fixed per-entry overhead counted in byte budgets (term, index, type, framing).
 ENTRY_OVERHEAD_BYTES = 16
 
+_type_of = operator.itemgetter(2)
 _data_of = operator.itemgetter(3)
+#: Builds an Entry from a (term, index, type, data) tuple at C speed, skipping the
+#: NamedTuple's Python-level __new__: entries are built on the hottest path.
+_entry_from_fields = cast(
+    "Callable[[tuple[int, int, EntryType, bytes]], Entry]",
+    functools.partial(tuple.__new__, Entry),
+)
+
+
+def proposal_entries(datas: Iterable[bytes]) -> tuple[Entry, ...]:
+    """NORMAL entries carrying `datas`, not yet numbered (the leader numbers them)."""
+    return tuple(
+        map(_entry_from_fields, zip(repeat(0), repeat(0), repeat(EntryType.NORMAL), datas))
+    )
+
+
+def numbered_entries(entries: Sequence[Entry], term: int, first_index: int) -> list[Entry]:
+    """Copies of `entries` in `term`, at consecutive indexes from `first_index`."""
+    return list(
+        map(
+            _entry_from_fields,
+            zip(repeat(term), count(first_index), map(_type_of, entries), map(_data_of, entries)),
+        )
+    )
+
+
+def has_conf_change(entries: Sequence[Entry]) -> bool:
+    return EntryType.CONF_CHANGE in map(_type_of, entries)
 
 
 def entry_size_bytes(entry: Entry) -> int:

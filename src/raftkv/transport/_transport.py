@@ -98,6 +98,11 @@ class Transport:
       reached; pass it to the core's `report_unreachable`.
     - `on_snapshot_status(peer_id, ok)`: a snapshot message was fully written (True) or
       failed (False); pass it to the core's `report_snapshot`.
+
+    Errors: `start()` raises `ListenError` when it cannot listen; bad ids raise
+    ValueError; calling `start()` twice raises `TransportError`. Nothing a peer sends
+    raises: a malformed handshake or frame only closes that connection (logged).
+    `send()` never raises for an unknown, removed or unreachable peer: it drops.
     """
 
     def __init__(
@@ -199,7 +204,7 @@ class Transport:
     def send(self, messages: Iterable[Message]) -> None:
         """Queue messages for their peers (by `to`) and return at once. Everything queued
         for a peer during this loop turn goes out as one frame. Messages to an unknown
-        or unreachable peer are dropped (see the class docstring)."""
+        or unreachable peer are dropped (see the module docstring)."""
         if self._closed:
             return
         peers = self._peers

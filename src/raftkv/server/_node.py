@@ -33,7 +33,6 @@ import itertools
 import logging
 import os
 import random
-import struct
 import time
 from typing import Any
 
@@ -59,14 +58,13 @@ from ..raft import (
     Snapshot,
 )
 from ..storage import DiskStorage
-from ..transport import Transport
+from ..transport import ListenError, Transport
+from ._dedup import HEADER, HEADER_BYTES, AppliedRequests
 from ._metrics import Metrics
 from ._options import NodeOptions, OptionsError, parse_peer_url
 
 log = logging.getLogger("raftkv.node")
 
-_HEADER = struct.Struct(">IQ")  # origin node id, request id
-HEADER_BYTES = _HEADER.size
 
 #: Name of the marker file a node leaves in its data directory once it has applied
 #: its own removal, so that a restart on that directory refuses clearly.
@@ -86,7 +84,13 @@ class Node:
         self.members: dict[int, str] = {}
         self.removed = asyncio.Event()
         self.state_machine = KvStateMachine()
-        self._request_ids = itertools.count(1)
+        # Request ids stay unique across restarts of this node: they start from the
+        # wall clock in microseconds, which a node never outpaces.
+        self._request_ids = itertools.count(time.time_ns() // 1000)
+        self._applied_requests = AppliedRequests()
+        #: Writes proposed by this node and not yet applied: re-proposed when the
+        #: leader changes, since a forwarded proposal may have been lost.
+        self._unapplied: dict[int, bytes] = {}
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._proposals: list[bytes] = []
@@ -122,7 +126,12 @@ class Node:
                 f"{data_dir} cannot be reused: delete it and join again as a new member"
             )
         try:
-            storage = DiskStorage.open(data_dir, self.id, options.cluster_id)
+            storage = DiskStorage.open(
+                data_dir,
+                self.id,
+                options.cluster_id,
+                catch_up_entries=options.snapshot_catchup_entries,
+            )
         except Exception as exc:
             raise StartupError(f"cannot open data directory {data_dir}: {exc}") from exc
         self._storage = storage
@@ -170,7 +179,13 @@ class Node:
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
         )
-        await self._transport.start()
+        try:
+            await self._transport.start()
+        except ListenError as exc:
+            storage.close()
+            raise StartupError(
+                f"cannot listen for peers on {listen.host}:{listen.port}: {exc}"
+            ) from None
         if not self.members:
             self.members = {node_id: address.url for node_id, address in peers.items()}
         self._tasks = [
@@ -212,7 +227,8 @@ class Node:
         request_id = next(self._request_ids)
         future: asyncio.Future[Any] = self._loop.create_future()
         self._track(future, request_id)
-        self._proposals.append(_HEADER.pack(self.id, request_id) + command)
+        self._unapplied[request_id] = command
+        self._proposals.append(HEADER.pack(self.id, request_id, 0) + command)
         self._wake.set()
         return future
 
@@ -337,7 +353,13 @@ class Node:
         if request_id:
             waiters = self._waiters
             waiters[request_id] = future
-            future.add_done_callback(lambda _: waiters.pop(request_id, None))
+            unapplied = self._unapplied
+
+            def forget(_: asyncio.Future[Any]) -> None:
+                waiters.pop(request_id, None)
+                unapplied.pop(request_id, None)
+
+            future.add_done_callback(forget)
 
     def _expire(self) -> None:
         """Fail every request past its deadline."""
@@ -475,6 +497,8 @@ class Node:
         if leader_id != self.leader_id:
             self.metrics.leader_changes.inc()
             log.info("node %d: leader is now %d (role %s)", self.id, leader_id, role.name)
+        if leader_id not in (0, self.leader_id):
+            self._repropose()
         self.leader_id = leader_id
         self.role = role
         self.metrics.is_leader.set(1 if role is Role.LEADER else 0)
@@ -483,6 +507,20 @@ class Node:
             for futures in self._read_rounds.values():
                 self._reads.extend(futures)
             self._read_rounds.clear()
+
+    def _repropose(self) -> None:
+        """Propose again every write of ours not yet applied: the old leader may have
+        lost it. `AppliedRequests` skips the copy if the original commits too."""
+        if not self._unapplied:
+            return
+        base = self.applied_index
+        pack = HEADER.pack
+        retries = [
+            pack(self.id, request_id, base) + command
+            for request_id, command in self._unapplied.items()
+        ]
+        log.info("node %d: re-proposing %d unapplied writes", self.id, len(retries))
+        self._proposals[:0] = retries
 
     def _release_reads(self) -> None:
         if not self._read_ready:
@@ -503,25 +541,46 @@ class Node:
     def _apply(self, entries: list[Entry]) -> None:
         machine = self.state_machine
         waiters = self._waiters
+        applied_requests = self._applied_requests
         my_id = self.id
-        unpack = _HEADER.unpack_from
+        unpack = HEADER.unpack_from
         for entry in entries:
+            index = entry.index
             if entry.type == EntryType.CONF_CHANGE:
                 self._apply_conf_change(entry)
-            elif entry.data:
-                origin, request_id = unpack(entry.data)
-                result = machine.apply(entry.index, entry.data[HEADER_BYTES:])
+                continue
+            data = entry.data
+            if len(data) < HEADER_BYTES:
+                machine.apply(index, b"")  # A new leader's no-op (or a malformed entry).
+                continue
+            origin, request_id, base = unpack(data)
+            if not applied_requests.should_apply(index, origin, request_id, base):
+                machine.apply(index, b"")
                 if origin == my_id:
-                    future = waiters.pop(request_id, None)
-                    if future is not None and not future.done():
-                        future.set_result(result)
-            else:
-                machine.apply(entry.index, b"")
+                    self._skip_retry(request_id)
+                continue
+            applied_requests.record(index, origin, request_id)
+            result = machine.apply(index, data[HEADER_BYTES:])
+            if origin == my_id:
+                self._unapplied.pop(request_id, None)
+                future = waiters.pop(request_id, None)
+                if future is not None and not future.done():
+                    future.set_result(result)
         last = entries[-1].index
         self.metrics.applied.inc(len(entries))
         self.applied_index = last
         if last > self.committed_index:
             self.committed_index = last
+
+    def _skip_retry(self, request_id: int) -> None:
+        """A copy of our write was skipped: a duplicate of an applied original (its
+        waiter is done already), or too late to tell (the outcome is unknown)."""
+        self._unapplied.pop(request_id, None)
+        future = self._waiters.pop(request_id, None)
+        if future is not None and not future.done():
+            future.set_exception(
+                errors.Timeout("the write may or may not have been applied; read to find out")
+            )
 
     def _apply_conf_change(self, entry: Entry) -> None:
         change = ConfChange.decode(entry.data)
@@ -537,7 +596,10 @@ class Node:
         if change.type is ConfChangeType.REMOVE_NODE:
             self.members.pop(node_id, None)
             if node_id != self.id:
-                self._transport.remove_peer(node_id)
+                # Messages already queued for the removed node include the append
+                # that tells it its removal committed; let them go out, then hang up.
+                grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
+                self._loop.call_later(grace_s, self._forget_peer, node_id)
         elif url:
             self.members[node_id] = url
             if node_id != self.id:
@@ -551,6 +613,10 @@ class Node:
         if change.type is ConfChangeType.REMOVE_NODE and node_id == self.id:
             self._on_removed()
 
+    def _forget_peer(self, node_id: int) -> None:
+        if node_id not in self.members and not self._stopping:
+            self._transport.remove_peer(node_id)
+
     def _on_removed(self) -> None:
         log.warning("node %d: removed from the cluster; shutting down", self.id)
         with contextlib.suppress(OSError):
@@ -562,8 +628,11 @@ class Node:
     # --- snapshots ---------------------------------------------------------------------
 
     def _restore_snapshot(self, snapshot: Snapshot) -> None:
-        members, machine_bytes = msgpack.unpackb(snapshot.data, raw=False)
+        members, applied_requests, machine_bytes = msgpack.unpackb(snapshot.data, raw=False)
         self.state_machine.restore(machine_bytes)
+        self._applied_requests = AppliedRequests.load(
+            applied_requests, self._applied_requests.window_entries
+        )
         self.members = {int(node_id): url for node_id, url in members.items()}
         self._snapshot_index = snapshot.metadata.index
         self.applied_index = snapshot.metadata.index
@@ -585,12 +654,13 @@ class Node:
         conf_state = self._raw.status().conf_state
         frozen = self.state_machine.freeze()
         members = dict(self.members)
+        applied_requests = self._applied_requests.dump()
         try:
-            data = await asyncio.to_thread(_serialize_snapshot, members, frozen)
-            await asyncio.to_thread(self._storage.create_snapshot, index, conf_state, data)
-            compact_to = index - self.options.snapshot_catchup_entries
-            if compact_to > self._storage.first_index():
-                self._storage.compact(compact_to)
+            data = await asyncio.to_thread(_serialize_snapshot, members, applied_requests, frozen)
+            # The WAL is written only from the loop thread, so the snapshot's file and
+            # WAL marker are written here too.
+            self._storage.create_snapshot(index, conf_state, data)
+            self._storage.compact(index)
             self._snapshot_index = index
             self.metrics.snapshots.inc()
             log.info("node %d: snapshot at index %d (%d bytes)", self.id, index, len(data))
@@ -601,8 +671,10 @@ class Node:
             self._snapshot_task = None
 
 
-def _serialize_snapshot(members: dict[int, str], frozen: KvSnapshot) -> bytes:
-    data: bytes = msgpack.packb([members, frozen.to_bytes()], use_bin_type=True)
+def _serialize_snapshot(
+    members: dict[int, str], applied_requests: list[tuple[int, int, int]], frozen: KvSnapshot
+) -> bytes:
+    data: bytes = msgpack.packb([members, applied_requests, frozen.to_bytes()], use_bin_type=True)
     return data
 
 

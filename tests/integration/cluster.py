@@ -1,0 +1,229 @@
+"""Real raftkvd processes on 127.0.0.1 for integration tests.
+
+Ports are chosen free at run time; every process a test starts is stopped when the
+test ends, pass or fail (the `cluster` fixture's finalizer kills them all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+HOST = "127.0.0.1"
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports that were free a moment ago (bound to port 0, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind((HOST, 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+    @property
+    def text(self) -> str:
+        return self.body.decode()
+
+
+def request(
+    port: int, method: str, path: str, body: bytes | str | None = None, timeout: float = 10.0
+) -> Response:
+    """One HTTP request to a node's REST API (a fresh connection, like curl)."""
+    if isinstance(body, str):
+        body = body.encode()
+    connection = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=body)
+        reply = connection.getresponse()
+        return Response(reply.status, reply.read(), {k.lower(): v for k, v in reply.getheaders()})
+    finally:
+        connection.close()
+
+
+@dataclass
+class Member:
+    node_id: int
+    port: int
+    peer_port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+
+class Cluster:
+    """A set of raftkvd nodes. Ids are 1-based positions in the peer URL list."""
+
+    def __init__(self, workdir: Path, size: int, *, extra_args: list[str] | None = None) -> None:
+        self.workdir = workdir
+        self.extra_args = list(extra_args or [])
+        self.members: dict[int, Member] = {}
+        self.peer_urls: list[str] = []
+        for _ in range(size):
+            self.add_member_slot()
+
+    def add_member_slot(self) -> Member:
+        node_id = len(self.members) + 1
+        port, peer_port = free_ports(2)
+        member = Member(
+            node_id,
+            port,
+            peer_port,
+            self.workdir / f"raftkv-{node_id}",
+            self.workdir / f"node-{node_id}.log",
+        )
+        self.members[node_id] = member
+        self.peer_urls.append(f"http://{HOST}:{peer_port}")
+        return member
+
+    def args_for(self, node_id: int, join: bool = False) -> list[str]:
+        member = self.members[node_id]
+        args = [
+            sys.executable,
+            "-m",
+            "raftkv.server",
+            "--id",
+            str(node_id),
+            "--cluster",
+            ",".join(self.peer_urls),
+            "--port",
+            str(member.port),
+            "--rpc-port",
+            "0",
+            "--data-dir",
+            str(member.data_dir),
+            "--tick-ms",
+            "50",
+            *self.extra_args,
+            *member.extra_args,
+        ]
+        if join:
+            args.append("--join")
+        return args
+
+    def start(self, node_id: int, join: bool = False, wait: bool = True) -> Member:
+        member = self.members[node_id]
+        assert not member.running, f"node {node_id} is already running"
+        log = member.log_path.open("ab")
+        member.process = subprocess.Popen(
+            self.args_for(node_id, join),
+            cwd=self.workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        log.close()
+        if wait:
+            self.wait_listening(node_id)
+        return member
+
+    def start_all(self) -> None:
+        for node_id in self.members:
+            self.start(node_id, wait=False)
+        for node_id in self.members:
+            self.wait_listening(node_id)
+
+    def wait_listening(self, node_id: int, timeout: float = 20.0) -> None:
+        member = self.members[node_id]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if member.process is not None and member.process.poll() is not None:
+                raise AssertionError(
+                    f"node {node_id} exited with {member.process.returncode}:\n{self.log(node_id)}"
+                )
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, member.port), timeout=0.5).close()
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"node {node_id} did not listen in time:\n{self.log(node_id)}")
+
+    def wait_leader(self, timeout: float = 20.0, among: list[int] | None = None) -> int:
+        deadline = time.monotonic() + timeout
+        among = among or [i for i, m in self.members.items() if m.running]
+        while time.monotonic() < deadline:
+            for node_id in among:
+                with contextlib.suppress(OSError):
+                    if request(self.members[node_id].port, "GET", "/health", timeout=2).status == 200:
+                        status = self.status(node_id)
+                        if status["leader"]:
+                            return int(status["leader"])
+            time.sleep(0.1)
+        raise AssertionError("no leader elected in time")
+
+    def status(self, node_id: int) -> dict[str, object]:
+        import json
+
+        reply = request(self.members[node_id].port, "GET", "/v1/status")
+        assert reply.status == 200, reply
+        result: dict[str, object] = json.loads(reply.body)
+        return result
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        member = self.members[node_id]
+        if member.process is not None and member.process.poll() is None:
+            member.process.send_signal(sig)
+            member.process.wait(timeout=15)
+
+    def stop_all(self) -> None:
+        for member in self.members.values():
+            process = member.process
+            if process is None or process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGCONT)
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+
+    def log(self, node_id: int) -> str:
+        path = self.members[node_id].log_path
+        if not path.exists():
+            return ""
+        lines = [line for line in path.read_text(errors="replace").splitlines() if "refused a peer" not in line]
+        return "\n".join(lines[-60:])
+
+    # --- REST helpers ------------------------------------------------------------------
+
+    def put(self, node_id: int, key: str, value: str | bytes, timeout: float = 10.0) -> Response:
+        return request(self.members[node_id].port, "PUT", "/" + quote(key), value, timeout)
+
+    def get(self, node_id: int, key: str, timeout: float = 10.0) -> Response:
+        return request(self.members[node_id].port, "GET", "/" + quote(key), None, timeout)
+
+    def wait_value(self, node_id: int, key: str, value: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Response | str | None = None
+        while time.monotonic() < deadline:
+            try:
+                last = self.get(node_id, key, timeout=5)
+                if last.status == 200 and last.text == value:
+                    return
+            except OSError as exc:
+                last = repr(exc)
+            time.sleep(0.1)
+        raise AssertionError(f"node {node_id}: {key}={last!r}, expected {value!r}")

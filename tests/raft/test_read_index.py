@@ -25,7 +25,8 @@ def test_leader_answers_after_a_heartbeat_quorum() -> None:
     assert leader.read_states == [], "answered before confirming leadership"
     heartbeats = [m for m in net.queue if m.type is MessageType.HEARTBEAT]
     assert sorted(m.to for m in heartbeats) == [2, 3]
-    assert all(m.context == b"r1" for m in heartbeats)
+    # Both carry the token of this read, which their answers echo.
+    assert heartbeats[0].context and heartbeats[0].context == heartbeats[1].context
     net.stabilize()
     assert leader.read_states == [ReadState(commit_of(net, 1), b"r1")]
 
@@ -121,14 +122,17 @@ def test_one_heartbeat_round_serves_every_read_that_arrived_before_it() -> None:
     net.campaign(1)
     leader = net.nodes[1]
     contexts = [b"r%d" % i for i in range(5)]
-    # Only the heartbeats of the last read get through.
-    net.filters.append(lambda m: m.type is MessageType.HEARTBEAT and m.context != b"r4")
     for context in contexts:
         leader.raw.read_index(context)
-    before = len(net.delivered)
+    net.process()
+    heartbeats = net.take(MessageType.HEARTBEAT)
+    assert len(heartbeats) == 2 * len(contexts)
+    # Only the heartbeats of the last read get through.
+    last_round = [m for m in heartbeats if m.context == heartbeats[-1].context]
+    assert len(last_round) == 2
+    for m in last_round:
+        net.nodes[m.to].raw.step(m)
     net.stabilize()
-    heartbeats = [m for m in net.delivered[before:] if m.type is MessageType.HEARTBEAT]
-    assert len(heartbeats) == 2
     assert [rs.request_ctx for rs in leader.read_states] == contexts
     assert {rs.index for rs in leader.read_states} == {commit_of(net, 1)}
 
@@ -219,3 +223,27 @@ def test_learner_acknowledgements_do_not_confirm_leadership() -> None:
     net.stabilize()
     assert net.count_sent(MessageType.HEARTBEAT_RESP, frm=4) > 0
     assert net.nodes[1].read_states == []
+
+
+def test_reads_from_different_nodes_with_the_same_context_are_all_answered() -> None:
+    # Each node numbers its own reads, so contexts from different nodes collide.
+    net = Network(3)
+    net.campaign(1)
+    for node_id in (1, 2, 3):
+        net.nodes[node_id].raw.read_index(b"\x00\x00\x00\x01")
+    net.stabilize()
+    commit = commit_of(net, 1)
+    for node_id in (1, 2, 3):
+        assert net.nodes[node_id].read_states == [ReadState(commit, b"\x00\x00\x00\x01")]
+
+
+def test_repeated_context_from_one_node_is_answered_for_each_request() -> None:
+    net = Network(3)
+    net.campaign(1)
+    net.nodes[2].raw.read_index(b"same")
+    net.nodes[1].raw.propose(b"x")
+    net.nodes[2].raw.read_index(b"same")
+    net.stabilize()
+    indexes = [rs.index for rs in net.nodes[2].read_states]
+    assert len(indexes) == 2
+    assert indexes[1] >= indexes[0]

@@ -80,43 +80,67 @@ _LOCAL_TYPES = frozenset({MessageType.PROP, MessageType.READ_INDEX, MessageType.
 class _ReadRequest:
     index: int
     frm: int
+    context: bytes
     acks: set[int] = field(default_factory=set)
 
 
 class _ReadOnly:
-    """ReadIndex requests waiting for a heartbeat quorum, in arrival order. An ack
-    for one request confirms leadership for every request queued before it too."""
+    """ReadIndex requests waiting for a heartbeat quorum, in arrival order.
 
-    __slots__ = ("pending", "queue")
+    Heartbeats carry a token the leader assigns to each request, not the request's
+    own context: contexts come from many nodes, each numbering its own reads, and
+    may collide. Tokens only grow, so an ack for one request also confirms
+    leadership for every request queued before it.
+    """
+
+    __slots__ = ("next_token", "pending")
 
     def __init__(self) -> None:
-        self.pending: dict[bytes, _ReadRequest] = {}
-        self.queue: list[bytes] = []
+        # Insertion-ordered, and tokens grow: the first key is the oldest request.
+        self.pending: dict[int, _ReadRequest] = {}
+        self.next_token = 1
 
-    def add(self, index: int, context: bytes, frm: int) -> None:
-        if context in self.pending:
-            return
-        self.pending[context] = _ReadRequest(index, frm)
-        self.queue.append(context)
+    def add(self, index: int, context: bytes, frm: int) -> bytes:
+        """Queue a request; returns the token its heartbeats must carry."""
+        token = self.next_token
+        self.next_token += 1
+        self.pending[token] = _ReadRequest(index, frm, context)
+        return _encode_token(token)
 
-    def ack(self, context: bytes, frm: int) -> set[int] | None:
-        request = self.pending.get(context)
+    def ack(self, token: bytes, frm: int) -> set[int] | None:
+        request = self.pending.get(_decode_token(token))
         if request is None:
             return None
         request.acks.add(frm)
         return request.acks
 
-    def release_through(self, context: bytes) -> list[tuple[bytes, _ReadRequest]]:
-        """Remove and return every request up to and including `context`."""
-        if context not in self.pending:
-            return []
-        position = self.queue.index(context) + 1
-        released = [(ctx, self.pending.pop(ctx)) for ctx in self.queue[:position]]
-        del self.queue[:position]
+    def release_through(self, token: bytes) -> list[_ReadRequest]:
+        """Remove and return every request up to and including `token`'s."""
+        last = _decode_token(token)
+        released = []
+        for queued in list(self.pending):
+            if queued > last:
+                break
+            released.append(self.pending.pop(queued))
         return released
 
-    def last_pending(self) -> bytes | None:
-        return self.queue[-1] if self.queue else None
+    def last_pending(self) -> bytes:
+        """The token of the newest request, or b"" if none is waiting."""
+        return _encode_token(next(reversed(self.pending))) if self.pending else b""
+
+    def clear(self) -> None:
+        # The token counter survives, so that no token is ever reused.
+        self.pending.clear()
+
+
+def _encode_token(token: int) -> bytes:
+    return token.to_bytes(8, "big")
+
+
+def _decode_token(context: bytes) -> int:
+    """The token a heartbeat (response) carries, or 0, which no request has, if the
+    context is not a token (a peer's bad input must not raise)."""
+    return int.from_bytes(context, "big") if len(context) == 8 else 0
 
 
 class Raft:
@@ -321,7 +345,7 @@ class Raft:
                 progress.match = self.log.stabled_index()
         self.pending_conf_index = 0
         self.uncommitted_bytes = 0
-        self.read_only = _ReadOnly()
+        self.read_only.clear()
         self.pending_read_index = []
 
     def _become_follower(self, term: int, lead: int) -> None:
@@ -449,7 +473,7 @@ class Raft:
             return
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self.read_only.last_pending() or b"")
+            self._broadcast_heartbeat(self.read_only.last_pending())
 
     def recently_active(self, progress: Progress) -> bool:
         """Whether the follower answered within the last election timeout."""
@@ -713,9 +737,9 @@ class Raft:
         if self.voters == {self.id}:
             self._answer_read(m.frm, self.log.committed, m.context)
             return
-        self.read_only.add(self.log.committed, m.context, m.frm)
-        self.read_only.ack(m.context, self.id)
-        self._broadcast_heartbeat(m.context)
+        token = self.read_only.add(self.log.committed, m.context, m.frm)
+        self.read_only.ack(token, self.id)
+        self._broadcast_heartbeat(token)
 
     def _answer_read(self, requester: int, index: int, context: bytes) -> None:
         if requester in (NONE, self.id):
@@ -798,8 +822,8 @@ class Raft:
         acks = self.read_only.ack(m.context, m.frm)
         if acks is None or not _quorum.has_quorum(self.voters, acks):
             return
-        for context, request in self.read_only.release_through(m.context):
-            self._answer_read(request.frm, request.index, context)
+        for request in self.read_only.release_through(m.context):
+            self._answer_read(request.frm, request.index, request.context)
 
     def _maybe_commit(self) -> bool:
         match = {node_id: pr.match for node_id, pr in self.progress.items()}

@@ -6,8 +6,12 @@ import random
 from collections.abc import Callable
 
 from raftkv.raft import (
+    ConfChange,
+    ConfChangeType,
     Config,
+    EntryType,
     HardState,
+    MemoryStorage,
     MessageType,
     RawNode,
     Role,
@@ -289,3 +293,15 @@ def test_new_leaders_first_messages_wait_for_its_term_to_be_durable() -> None:
     assert rd.early_messages == []
     # The learner is sent its first append at once, not a heartbeat later.
     assert [m.type for m in rd.messages] == [MessageType.APP]
+
+
+def test_node_campaigns_only_once_committed_membership_changes_are_applied() -> None:
+    storage = MemoryStorage()
+    node = RawNode(Config(id=1), storage, random.Random(0))
+    node.bootstrap([ConfChange(ConfChangeType.ADD_NODE, i) for i in (1, 2, 3)])
+    node.campaign()  # the membership entries are committed but not yet applied
+    assert node.role is Role.FOLLOWER
+    rd = drain(node, storage)
+    assert [e.type for e in rd.committed_entries] == [EntryType.CONF_CHANGE] * 3
+    node.campaign()
+    assert node.role is Role.PRE_CANDIDATE

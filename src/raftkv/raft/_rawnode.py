@@ -45,7 +45,8 @@ class RawNode:
 
         Call once, on a node whose storage is empty, with the same list on every
         initial member. The entries come out in the next Ready both to persist and
-        to apply (the host calls `apply_conf_change` for each, as for any other).
+        to apply (the host calls `apply_conf_change` for each, as for any other);
+        the node campaigns only once they are applied.
         """
         raft = self._raft
         if raft.log.last_index() != 0 or raft.term != 0:
@@ -59,8 +60,8 @@ class RawNode:
         raft.log.append(entries)
         raft.log.committed = len(entries)
         raft.term = 1
-        # Apply the membership now so this node can campaign before the host has
-        # applied the entries (the host's apply_conf_change calls are idempotent).
+        # Apply the membership now so that the first Ready already has the peers
+        # (the host's apply_conf_change calls for these entries change nothing).
         for change in members:
             raft.apply_conf_change(change)
 
@@ -105,7 +106,9 @@ class RawNode:
         raft.step(Message(MessageType.TRANSFER_LEADER, to=0, frm=transferee), local=True)
 
     def campaign(self) -> None:
-        """Start an election now (through pre-vote when it is on)."""
+        """Start an election now (through pre-vote when it is on). Does nothing on a
+        leader, on a node that is not a voter, or while a committed membership
+        change waits to be applied (the voters it would ask may be out of date)."""
         self._raft.campaign()
 
     def apply_conf_change(self, change: ConfChange) -> ConfState:

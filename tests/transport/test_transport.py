@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import socket
@@ -14,9 +15,13 @@ from raftkv.transport import ListenError, Transport, TransportError
 from raftkv.transport._codec import encode_batch
 from raftkv.transport._wire import (
     ACK,
+    HELLO,
     FrameKind,
+    FrameReader,
     HandshakeStatus,
+    SnapshotAssembler,
     decode_ack,
+    encode_ack,
     encode_hello,
     frame,
 )
@@ -244,7 +249,7 @@ async def test_garbage_closes_only_its_connection(
 
 
 def encode_ack_ok() -> bytes:
-    return ACK.pack(b"RKVP", HandshakeStatus.OK)
+    return encode_ack(HandshakeStatus.OK)
 
 
 @async_test
@@ -406,3 +411,88 @@ async def test_connections_disable_nagle_and_bound_dead_peer_detection() -> None
         if hasattr(socket, "TCP_USER_TIMEOUT"):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 6000
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 3
+
+
+class SlowPeer:
+    """A hand-written peer 2: accepts node 1's hello, then reads nothing until told to,
+    so that node 1's writes back up into its user-space buffer and pause."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+        self.snapshots: list[Message] = []
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.handlers: list[asyncio.Task[object]] = []
+
+    async def __aenter__(self) -> SlowPeer:
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        self.drop()
+        self.reading.set()  # handlers still waiting to read now see the connection gone
+        await asyncio.gather(*self.handlers)
+        await self.server.wait_closed()
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self.server is not None
+        host, port = self.server.sockets[0].getsockname()[:2]
+        return host, port
+
+    def drop(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
+        handler = asyncio.current_task()
+        assert handler is not None
+        self.handlers.append(handler)
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await reader.readexactly(HELLO.size)
+            writer.write(encode_ack(HandshakeStatus.OK))
+            await self.reading.wait()
+            frames = FrameReader(FAST.max_frame_bytes)
+            assembler = SnapshotAssembler(FAST.max_snapshot_bytes)
+            while data := await reader.read(1 << 20):
+                for kind, payload in frames.feed(data):
+                    if kind == FrameKind.SNAPSHOT_HEAD:
+                        assembler.on_head(payload)
+                    elif kind == FrameKind.SNAPSHOT_CHUNK and (done := assembler.on_chunk(payload)):
+                        self.snapshots.append(done)
+
+
+BACKPRESSURE = dataclasses.replace(
+    FAST, write_buffer_high_bytes=256 * 1024, snapshot_chunk_bytes=1024 * 1024
+)
+
+
+@async_test
+async def test_a_snapshot_waits_out_a_slow_reader_and_completes() -> None:
+    async with SlowPeer() as peer:
+        a = Node(1, {2: peer.address}, config=BACKPRESSURE)
+        async with running(a):
+            snapshot = snapshot_message(1, 2, 24 * 1024 * 1024)
+            a.send(snapshot)
+            await asyncio.sleep(0.2)  # the kernel buffers fill, then ours: writing pauses
+            link = a.transport._peers[2].link
+            assert link is not None and link.paused
+            assert a.snapshot_status == []
+            peer.reading.set()
+            await wait_for(lambda: a.snapshot_status == [(2, True)], "the snapshot status")
+            await wait_for(lambda: peer.snapshots == [snapshot], "the snapshot")
+
+
+@async_test
+async def test_a_connection_lost_mid_snapshot_fails_it() -> None:
+    async with SlowPeer() as peer:
+        a = Node(1, {2: peer.address}, config=BACKPRESSURE)
+        async with running(a):
+            a.send(snapshot_message(1, 2, 24 * 1024 * 1024))
+            await asyncio.sleep(0.2)
+            peer.drop()
+            await wait_for(lambda: a.snapshot_status == [(2, False)], "the snapshot failure")
+            await wait_for(lambda: a.unreachable == [2], "the unreachable report")

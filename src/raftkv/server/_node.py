@@ -92,7 +92,9 @@ class Node:
         #: leader changes, since a forwarded proposal may have been lost.
         self._unapplied: dict[int, bytes] = {}
         self._waiters: dict[int, asyncio.Future[Any]] = {}
-        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any], int]] = (
+            collections.deque()
+        )
         self._proposals: list[bytes] = []
         self._conf_changes: list[tuple[ConfChange, asyncio.Future[Any]]] = []
         self._reads: list[asyncio.Future[None]] = []
@@ -349,7 +351,7 @@ class Node:
         """Give a request its deadline, and (for writes) a waiter the apply loop finds
         by request id. Every request shares one timeout, so the deque stays sorted."""
         deadline = time.monotonic() + self.options.request_timeout_s
-        self._deadlines.append((deadline, future))
+        self._deadlines.append((deadline, future, request_id))
         if request_id:
             waiters = self._waiters
             waiters[request_id] = future
@@ -362,26 +364,49 @@ class Node:
             future.add_done_callback(forget)
 
     def _expire(self) -> None:
-        """Fail every request past its deadline."""
+        """Fail every request past its deadline.
+
+        A write still in the queue was never handed to Raft: it is withdrawn and
+        fails with `NoLeader`, a promise that it will never apply. A write already
+        proposed may still commit, so it fails with `Timeout` (outcome unknown).
+        """
         now = time.monotonic()
         deadlines = self._deadlines
         if not deadlines or deadlines[0][0] > now:
             return
-        error = (
-            errors.NoLeader("no leader was elected within the request timeout; retry")
-            if self.leader_id == 0
-            else errors.Timeout(
-                "the request did not complete within the request timeout; a write may "
-                "or may not have been applied"
-            )
+        # Ids of first proposals still queued (a queued retry's original may commit).
+        queued = {
+            request_id
+            for _, request_id, base in map(HEADER.unpack_from, self._proposals)
+            if not base
+        }
+        never_proposed = errors.NoLeader(
+            "no leader was elected within the request timeout; the write was not applied"
         )
+        reads_error = errors.NoLeader("no leader was elected within the request timeout")
+        unknown = errors.Timeout(
+            "the request did not complete within the request timeout; a write may or may "
+            "not have been applied"
+        )
+        withdrawn = set()
         while deadlines and deadlines[0][0] <= now:
-            future = deadlines.popleft()[1]
-            if not future.done():
-                future.set_exception(error)
+            _, future, request_id = deadlines.popleft()
+            if future.done():
+                continue
+            withdrawn.add(request_id)
+            if request_id in queued:
+                future.set_exception(never_proposed)
+            elif request_id == 0 and self.leader_id == 0:
+                future.set_exception(reads_error)
+            else:
+                future.set_exception(unknown)
+        if withdrawn and self._proposals:
+            self._proposals = [
+                data for data in self._proposals if HEADER.unpack_from(data)[1] not in withdrawn
+            ]
 
     def _fail_everything(self, error: Exception) -> None:
-        for _, future in self._deadlines:
+        for _, future, _ in self._deadlines:
             if not future.done():
                 future.set_exception(error)
         self._deadlines.clear()

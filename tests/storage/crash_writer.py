@@ -24,7 +24,7 @@ instead of an interpreter start, so the test can afford many kills.
 What the child writes: batches of 1 to 64 entries whose data names their index
 and term; now and then a new term; now and then a batch that rewrites entries
 written since the last sync (as a new leader would), so that recovery must
-resolve the same index written twice; a sync after most batches; and every fifth
+resolve the same index written twice; a sync after most batches; and every third
 sync a snapshot marker followed by `release_to`, so that segments rotate and
 are deleted under the kills too.
 """
@@ -85,7 +85,7 @@ def write_until_killed(directory: str, seed: int) -> None:
             emit(f"ack {last} {term} {commit}")
             commit = last
             syncs += 1
-            if syncs % 5 == 0:
+            if syncs % 3 == 0:
                 marker = SnapshotMarker(index=last, term=term)
                 wal.save_snapshot(marker)
                 wal.sync()

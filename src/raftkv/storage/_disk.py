@@ -180,7 +180,7 @@ class DiskStorage:
             )
         self._wal.save(entries, hard_state)
         if entries:
-            self._cache.append(list(entries))
+            self._cache.append(entries if isinstance(entries, list) else list(entries))
         if hard_state is not None:
             self._cache.set_hard_state(hard_state)
 

@@ -75,11 +75,14 @@ def checksum(data: bytes | memoryview) -> int:
 def frame(record_type: RecordType, payload: list[bytes]) -> list[bytes]:
     """The record as a list of buffers (header, payload parts, padding) for one
     vectored write: the payload is never copied into a bigger buffer."""
-    length = sum(map(len, payload))
+    if len(payload) == 1:
+        length, payload_crc = len(payload[0]), _crc(payload[0])
+    else:
+        length, payload_crc = 0, 0
+        for part in payload:
+            length += len(part)
+            payload_crc = _crc(part, payload_crc)
     assert length <= MAX_PAYLOAD_BYTES, f"record payload of {length} bytes is too large"
-    payload_crc = 0
-    for part in payload:
-        payload_crc = _crc(part, payload_crc)
     head = _HEAD.pack(length, record_type, payload_crc)
     return [head + _U32.pack(_crc(head)), *payload, _PADDING[-length & 7]]
 

@@ -4,10 +4,14 @@ Why: appending to a file makes every fdatasync also commit the file system's
 journal (the file's size and block allocation changed), and makes every write
 allocate page-cache pages. Overwriting blocks that already exist and are durable
 needs neither, so a sync is a pure data flush. etcd (its "file pipeline") and
-PostgreSQL prepare WAL segments ahead for the same reason. Zero-filling costs a
-write of the whole segment, so it happens off the write path, while the current
-segment fills; `fallocate` alone would not do, because the first write to an
-unwritten extent is itself a metadata change.
+PostgreSQL prepare WAL segments ahead for the same reason; `fallocate` alone would
+not do, because the first write to an unwritten extent is itself a metadata
+change.
+
+The price: every segment is written twice, once with zeros. That happens off the
+write path, while the second half of the current segment fills, so it costs disk
+bandwidth and a little CPU but not latency; on a disk whose bandwidth, rather
+than its flush latency, is the bottleneck it would cost throughput.
 """
 
 from __future__ import annotations

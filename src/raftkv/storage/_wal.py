@@ -7,7 +7,8 @@ started, so every live entry in a segment is below the next segment's first
 index. Each segment begins with a METADATA record (format version, node id,
 cluster id, seq) and a HARD_STATE record, so that any suffix of the segments is a
 complete WAL. A segment is prepared ahead as `spare.tmp`, zero-filled to
-`segment_size_bytes` and fsynced (see `_spare`); it becomes a segment once its
+`segment_size_bytes` and fsynced, in the background once the current segment is
+half full (see `_spare`); it becomes a segment once its
 first records are written and fsynced, by a rename and an fsync of the
 directory. So a segment file that exists has an intact beginning, and a segment
 may end in zeros, which are not records.
@@ -232,7 +233,6 @@ class WAL:
         path = Path(directory)
         lock = DirectoryLock(path)
         try:
-            remove_temporary_files(path)
             segments = _list_segments(path)
             if not segments:
                 raise FileNotFoundError(f"{path} holds no WAL segment; create one instead")
@@ -240,6 +240,7 @@ class WAL:
             reader = _Reader(segments)
             if expected_metadata is not None and reader.metadata != expected_metadata:
                 raise _mismatch(path, found=reader.metadata, expected=expected_metadata)
+            remove_temporary_files(path)
             wal = cls(path, lock, reader.metadata, segments, segment_size_bytes)
             wal._resume(reader)
         except BaseException:
@@ -253,16 +254,19 @@ class WAL:
             self._fd = os.open(last.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as error:
             raise durability_error("open", last.path, error) from error
-        if reader.torn_from is not None:
-            self._zero(last.path, reader.torn_from, reader.data_end)
-        fsync_fd(self._fd, last.path)
-        fsync_directory(self._directory)
+        try:
+            if reader.torn_from is not None:
+                self._zero(last.path, reader.torn_from, reader.data_end)
+            fsync_fd(self._fd, last.path)
+            fsync_directory(self._directory)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._offset = self._synced_offset = reader.end_offset
         replay = reader.replay
         self._hard_state = replay.hard_state if replay.hard_state is not None else HardState()
         self._last_index = 0 if replay.base_index is None else replay.last_index()
         self._markers = reader.markers
-        self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     def _zero(self, path: Path, start: int, end: int) -> None:
         """Overwrite [start, end) with zeros: the remains of a torn write."""
@@ -334,14 +338,19 @@ class WAL:
             if target == self._synced_offset:
                 return
             try:
-                fsync_fd(fd, self._segments[-1].path, data_only=True)
-            except DurabilityError as error:
+                os.fdatasync(fd)
+            except OSError as error:
                 with self._lock:
-                    raise self._fail(error) from error.__cause__
+                    path = self._segments[-1].path
+                    raise self._fail(durability_error("fsync", path, error)) from error
             with self._lock:
                 self._synced_offset = target
                 if self._offset >= self._segment_size_bytes:
                     self._rotate()
+                elif self._spare is None and self._offset >= self._segment_size_bytes // 2:
+                    # Prepare the next segment while the second half of this one fills:
+                    # a WAL that never gets that far never pays for a spare.
+                    self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     def _rotate(self) -> None:
         """Start the next segment. Called holding both locks."""
@@ -358,7 +367,7 @@ class WAL:
     def _start_segment(self, seq: int, first_index: int) -> None:
         """Make segment `seq` the one being written: take the zero-filled spare (or
         make one now), write its METADATA and HARD_STATE records, fsync, rename it
-        to its segment name, fsync the directory, and start preparing the next."""
+        to its segment name, and fsync the directory."""
         path = _segment_path(self._directory, seq, first_index)
         if self._spare is None:
             temporary = self._directory / SPARE_NAME
@@ -386,7 +395,6 @@ class WAL:
         self._segments.append(_Segment(seq, first_index, path))
         self._fd = fd
         self._offset = self._synced_offset = len(header)
-        self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     # --- releasing -------------------------------------------------------------------
 

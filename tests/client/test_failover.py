@@ -47,13 +47,14 @@ def test_failover_and_loss_of_the_majority(make_cluster: Callable[..., RespClust
         # Kill a second node: the survivor has no majority, so no leader.
         cluster.kill(second)
         survivor = ({1, 2, 3} - {first, second}).pop()
-        with redis.Redis(
-            port=cluster.rpc_port(survivor), retry=Retry(NoBackoff(), 0), socket_timeout=10
-        ) as r:
-            # Refused for now; it may still apply once a majority is back, if the
-            # survivor had appended it to its log (TRYAGAIN is not "not applied").
-            with pytest.raises(redis.exceptions.TryAgainError):
-                r.set("maybe", "x")
+        # Refused for now; it may still apply once a majority is back, if the survivor
+        # had appended it to its log (TRYAGAIN does not mean "not applied").
+        survivor_port = cluster.rpc_port(survivor)
+        with (
+            redis.Redis(port=survivor_port, retry=Retry(NoBackoff(), 0), socket_timeout=10) as r,
+            pytest.raises(redis.exceptions.TryAgainError),
+        ):
+            r.set("maybe", "x")
         cli = shutil.which("redis-cli")
         if cli is not None:
             output = subprocess.run(

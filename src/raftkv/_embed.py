@@ -39,6 +39,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import dataclasses
+import shutil
 import socket
 import tempfile
 import threading
@@ -173,6 +175,9 @@ class ServerHandle:
     """A raftkv node running on a background thread with its own event loop."""
 
     def __init__(self, options: NodeOptions, *, owns_data_dir: bool) -> None:
+        if owns_data_dir:
+            path = tempfile.mkdtemp(prefix=f"raftkv-{options.id}-")
+            options = dataclasses.replace(options, data_dir=Path(path))
         self.options = options
         self._owns_data_dir = owns_data_dir
         self._thread: threading.Thread | None = None
@@ -278,8 +283,8 @@ class ServerHandle:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         listening = asyncio.Event()
-        with _data_dir(self.options, owned=self._owns_data_dir) as options:
-            server = Server(options)
+        try:
+            server = Server(self.options)
             self._server = server
             task = asyncio.create_task(_run(server, self._stop, listening))
             waiter = asyncio.create_task(listening.wait())
@@ -291,6 +296,10 @@ class ServerHandle:
                 return
             self._listening.set()
             await task
+        finally:
+            self._listening.set()
+            if self._owns_data_dir:
+                shutil.rmtree(self.options.resolved_data_dir, ignore_errors=True)
 
 
 async def _run(server: Server, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
@@ -317,8 +326,6 @@ def _data_dir(options: NodeOptions, *, owned: bool) -> Iterator[NodeOptions]:
     if not owned:
         yield options
         return
-    import dataclasses
-
     with tempfile.TemporaryDirectory(prefix=f"raftkv-{options.id}-") as path:
         yield dataclasses.replace(options, data_dir=Path(path))
 
@@ -360,8 +367,6 @@ def _node_options(
 
 
 def _with_free_rest_port(options: NodeOptions) -> NodeOptions:
-    import dataclasses
-
     return dataclasses.replace(options, port=_free_port(options.listen_host))
 
 

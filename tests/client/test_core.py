@@ -131,8 +131,14 @@ def test_a_lost_reply_is_resent_for_a_read_but_not_for_an_untagged_incr() -> Non
         driver.run(REQUESTS.incr("k", 1), script(Lost("reset")))
     with pytest.raises(errors.NoLeader):
         driver.run(REQUESTS.incr("k", 1), script(TRYAGAIN))
-    # A refused connection never carried the command: resending is safe.
+    # A refused connection never carried the command: resending is safe; so is a
+    # write the node withdrew unapplied.
     assert driver.run(REQUESTS.incr("k", 1), script(REFUSED, Reply(3))) == 3
+    withdrawn = ErrorReply("TRYAGAIN", "no leader ...; the write was not applied")
+    assert driver.run(REQUESTS.incr("k", 1), script(withdrawn, Reply(4))) == 4
+    unknown = ErrorReply("TRYAGAIN", "... a write may or may not have been applied")
+    with pytest.raises(errors.Timeout):
+        driver.run(REQUESTS.incr("k", 1), script(unknown))
 
 
 def test_a_tagged_write_registers_a_session_and_resends_with_the_same_seq() -> None:

@@ -47,8 +47,8 @@ def test_failover_and_loss_of_the_majority(make_cluster: Callable[..., RespClust
         # Kill a second node: the survivor has no majority, so no leader.
         cluster.kill(second)
         survivor = ({1, 2, 3} - {first, second}).pop()
-        # Refused for now; it may still apply once a majority is back, if the survivor
-        # had appended it to its log (TRYAGAIN does not mean "not applied").
+        # Refused: TRYAGAIN. (A write the survivor had appended to its log may still
+        # apply once a majority is back; one it withdrew unproposed never will.)
         survivor_port = cluster.rpc_port(survivor)
         with (
             redis.Redis(port=survivor_port, retry=Retry(NoBackoff(), 0), socket_timeout=10) as r,

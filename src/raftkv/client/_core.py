@@ -27,8 +27,9 @@ the client keeps a pool of sessions, registers one (`RAFT.SESSION`) whenever a c
 finds the pool empty, and re-registers when the cluster answers `-SESSION` (the
 session expired). A tagged request's seq is used up whether the call succeeds or
 not, so a request given up on and applied later can never be confused with the
-next one. With sessions off, a request that is not idempotent is never resent once
-it may have reached a node: a lost reply raises `Timeout` (outcome unknown).
+next one. With sessions off, a request that is not idempotent is resent only when
+it cannot have applied: after a refused connection, or a `-TRYAGAIN` saying that the
+write was withdrawn unapplied; a lost reply raises `Timeout` (outcome unknown).
 """
 
 from __future__ import annotations
@@ -370,6 +371,7 @@ def split_error(message: str, status_code: str | None) -> ErrorReply:
 _NOT_AN_INTEGER = ("not an integer", "would overflow")
 _TOO_LARGE = ("exceeds --max-value-bytes", "exceeds maximum allowed size")
 _REMOVED = "was removed from the cluster"
+_NOT_APPLIED = "the write was not applied"
 
 
 def error_for(reply: ErrorReply) -> errors.RaftkvError:
@@ -396,6 +398,15 @@ def error_for(reply: ErrorReply) -> errors.RaftkvError:
 
 def _is_retryable(reply: ErrorReply) -> bool:
     return reply.code == "TRYAGAIN" or (reply.code == "ERR" and _REMOVED in reply.message)
+
+
+def _never_applied(reply: ErrorReply) -> bool:
+    """Whether the node promises that the write it refused will never apply (it was
+    withdrawn before being proposed, or refused by a removed node), so that even a
+    command that is not idempotent may be sent again."""
+    if reply.code == "TRYAGAIN":
+        return _NOT_APPLIED in reply.message
+    return reply.code == "ERR" and _REMOVED in reply.message
 
 
 # --- sessions ------------------------------------------------------------------------
@@ -495,7 +506,7 @@ class Calls:
             if type(outcome) is ErrorReply:
                 if outcome.code == "SESSION" and slot is not None:
                     raise _SessionExpired
-                if not _is_retryable(outcome) or not resend:
+                if not _is_retryable(outcome) or not (resend or _never_applied(outcome)):
                     raise error_for(outcome)
                 failure = error_for(outcome)
             elif type(outcome) is NotSent:

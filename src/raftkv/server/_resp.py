@@ -284,7 +284,7 @@ class RespConnection(asyncio.Protocol):
                     out.append(slot)
                     replies.popleft()
                     continue
-                future, render = slot  # type: ignore[misc]
+                future, render = cast(tuple[asyncio.Future[Any], Render], slot)
                 if not future.done():
                     if out:
                         transport.write(b"".join(out))

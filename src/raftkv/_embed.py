@@ -282,20 +282,16 @@ class ServerHandle:
 
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
-        listening = asyncio.Event()
         try:
             server = Server(self.options)
-            self._server = server
-            task = asyncio.create_task(_run(server, self._stop, listening))
-            waiter = asyncio.create_task(listening.wait())
-            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            if task.done() and task.exception() is not None:
-                self._startup_error = task.exception()
-                self._listening.set()
+            try:
+                await server.start()
+            except Exception as exc:
+                self._startup_error = exc
                 return
+            self._server = server
             self._listening.set()
-            await task
+            await _serve_until_stopped(server, self._stop)
         finally:
             self._listening.set()
             if self._owns_data_dir:
@@ -303,11 +299,16 @@ class ServerHandle:
 
 
 async def _run(server: Server, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
-    """Run `server` until `stop` is set, the task is cancelled, or it is removed."""
+    """Start `server` and run it until `stop` is set, the task is cancelled, or it is
+    removed from the cluster."""
     await server.start()
+    if ready is not None:
+        ready.set()
+    await _serve_until_stopped(server, stop)
+
+
+async def _serve_until_stopped(server: Server, stop: asyncio.Event) -> None:
     try:
-        if ready is not None:
-            ready.set()
         stopped = asyncio.create_task(stop.wait())
         removed = asyncio.create_task(server.wait_removed())
         try:

@@ -327,14 +327,14 @@ def test_scan_sees_inserts_and_deletes_made_after_the_index_was_built(apply: App
     assert apply.machine.scan(b"k000") == [(b"k000", b"again")]
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_scan_agrees_with_a_sorted_model_under_random_writes(seed: int) -> None:
     # Enough churn between scans to cross the index's fold and reset thresholds.
     rng = random.Random(seed)
     apply = Applier()
     model: dict[bytes, bytes] = {}
     key_space = [b"%x" % rng.randrange(1 << 16) for _ in range(3000)]
-    for round_number in range(40):
+    for round_number in range(30):
         for _ in range(rng.choice([0, 1, 5, 300, 5000])):
             key = rng.choice(key_space)
             if rng.random() < 0.4:

@@ -167,6 +167,12 @@ class Node:
                 "--join ignored: %s already holds this node's state; restarting from it",
                 data_dir,
             )
+        if not self.members:
+            self.members = {node_id: address.url for node_id, address in peers.items()}
+        # Peers come from the snapshot's membership when there is one (it may name
+        # members added after this node was first started); the log replay that
+        # follows adds and removes the rest.
+        dial = {node_id: parse_peer_url(url) for node_id, url in self.members.items()}
         listen = peers[self.id]
         self._transport = Transport(
             node_id=self.id,
@@ -174,7 +180,7 @@ class Node:
             listen=(listen.host, listen.port),
             peers={
                 node_id: (address.host, address.port)
-                for node_id, address in peers.items()
+                for node_id, address in dial.items()
                 if node_id != self.id
             },
             on_messages=self._on_messages,
@@ -188,8 +194,8 @@ class Node:
             raise StartupError(
                 f"cannot listen for peers on {listen.host}:{listen.port}: {exc}"
             ) from None
-        if not self.members:
-            self.members = {node_id: address.url for node_id, address in peers.items()}
+        if self._raw.status().conf_state.voters == (self.id,):
+            self._raw.campaign()  # The only voter: no need to wait an election timeout.
         self._tasks = [
             asyncio.create_task(self._run(), name=f"raftkv-node-{self.id}"),
             asyncio.create_task(self._ticker(), name=f"raftkv-ticker-{self.id}"),
@@ -661,7 +667,7 @@ class Node:
         self.members = {int(node_id): url for node_id, url in members.items()}
         self._snapshot_index = snapshot.metadata.index
         self.applied_index = snapshot.metadata.index
-        if hasattr(self, "_transport"):
+        if hasattr(self, "_transport"):  # A snapshot received from the leader.
             for node_id, url in self.members.items():
                 if node_id != self.id:
                     address = parse_peer_url(url)

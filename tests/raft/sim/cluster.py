@@ -102,6 +102,8 @@ class ClusterConfig:
     heartbeat_tick: int = 1
     max_inflight_msgs: int = 256
     max_size_per_msg_bytes: int = 1 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
     #: Step input into a node while its Ready is being persisted (RawNode allows any
     #: input but `ready()` between `ready()` and `advance()`), rather than queue it.
     input_while_persisting: bool = True
@@ -179,6 +181,7 @@ class Cluster:
         self.trace: deque[tuple[int, str, tuple[Any, ...]]] = deque(maxlen=TRACE_EVENTS)
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._sequence = 0
+        self._history_time = 0.0
         self.initial_members = list(range(1, config.nodes + 1))
         for node_id in self.initial_members:
             self.nodes[node_id] = SimNode(node_id, initial_member=True)
@@ -199,6 +202,15 @@ class Cluster:
         if self.config.trace:
             print(f"t={time} {action.__name__}{args!r}")
         action(*args)
+
+    def history_time(self) -> float:
+        """A timestamp for a client call or return: the simulated time plus a
+        fraction that orders calls and returns within one time unit as they
+        happened, so that no two are ever equal."""
+        stamp = max(float(self.time), self._history_time + 0.001)
+        assert stamp < self.time + 1, "more than 999 calls and returns in one time unit"
+        self._history_time = stamp
+        return stamp
 
     def run_steps(self, steps: int) -> None:
         for _ in range(steps):
@@ -255,6 +267,8 @@ class Cluster:
             heartbeat_tick=self.config.heartbeat_tick,
             max_inflight_msgs=self.config.max_inflight_msgs,
             max_size_per_msg_bytes=self.config.max_size_per_msg_bytes,
+            pre_vote=self.config.pre_vote,
+            check_quorum=self.config.check_quorum,
             applied=snapshot.metadata.index,
         )
         config.validate()
@@ -621,7 +635,7 @@ class Cluster:
         if op.done:
             return
         op.done = True
-        op.return_time = self.time
+        op.return_time = self.history_time()
         self.stats["writes_completed" if op.is_write else "reads_completed"] += 1
         if op.on_done is not None:
             op.on_done(op)

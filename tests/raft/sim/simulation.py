@@ -17,11 +17,17 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
+from raftkv.linearizability import Operation, check
+
 from .chaos import Chaos, ChaosConfig
 from .cluster import TICK_UNITS, Cluster, ClusterConfig, NodeState, SimNode
 from .invariants import check_logs_match
 from .kv import PUT
-from .workload import ClientOp, History, Workload, WorkloadConfig
+from .workload import ClientOp, History, HistoryRecord, Workload, WorkloadConfig
+
+#: Bound on the linearizability search of one run's history (it takes milliseconds
+#: on these histories; running out of time is reported as a failure of its own).
+LINEARIZABILITY_TIME_LIMIT_S = 60.0
 
 #: How long a healed cluster gets to elect a leader and commit the final write.
 LIVENESS_UNITS = 100 * TICK_UNITS
@@ -41,7 +47,7 @@ class SimulationReport:
     nodes: int
     steps: int
     simulated_ticks: int
-    history_length: int
+    history: tuple[HistoryRecord, ...]
     stats: Counter[str]
 
 
@@ -52,6 +58,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
     return ClusterConfig(
         nodes=nodes,
         input_while_persisting=rng.random() < 0.5,
+        pre_vote=rng.random() < 0.8,
         max_inflight_msgs=rng.choice((1, 4, 256)),
         max_size_per_msg_bytes=rng.choice((64, 1024, 1 << 20)),
         max_fsync_units=rng.choice((1, 3, 8)),
@@ -67,6 +74,7 @@ def run_simulation(seed: int, nodes: int, steps: int, reproduce: str) -> Simulat
         cluster.run_steps(steps)
         settle(cluster, workload, chaos)
         check_end_state(cluster)
+        check_linearizable(workload.history)
     except Exception as error:
         raise SimulationFailure(
             f"simulation failed: seed {seed}, {nodes} nodes, at step {cluster.steps} "
@@ -80,7 +88,7 @@ def run_simulation(seed: int, nodes: int, steps: int, reproduce: str) -> Simulat
         nodes=nodes,
         steps=cluster.steps,
         simulated_ticks=cluster.time // TICK_UNITS,
-        history_length=len(workload.history.records),
+        history=tuple(workload.history.records),
         stats=cluster.stats,
     )
 
@@ -126,7 +134,7 @@ def _commit_final_write(cluster: Cluster, history: History, deadline: int) -> in
             kind=PUT,
             key="x",
             value=f"final{attempt}",
-            call_time=cluster.time,
+            call_time=cluster.history_time(),
             node_id=leader_id,
         )
         cluster.submit(op)
@@ -181,3 +189,33 @@ def check_end_state(cluster: Cluster) -> None:
             f"nodes {first.id} and {node.id} applied up to {node.kv.applied_index} but "
             f"hold different data: {first.kv.values} vs {node.kv.values}"
         )
+
+
+class NotLinearizable(AssertionError):
+    """The clients saw answers no single order of their operations explains."""
+
+
+def check_linearizable(history: History) -> None:
+    result = check(
+        [_operation(record) for record in history.records],
+        time_limit_s=LINEARIZABILITY_TIME_LIMIT_S,
+    )
+    if result.ok:
+        return
+    shown = "\n".join(f"  {operation.describe()}" for operation in result.operations[:40])
+    raise NotLinearizable(
+        f"the client history is not linearizable: {result.explanation}\n"
+        f"failing sub-history from values {result.initial_values!r}:\n{shown}"
+    )
+
+
+def _operation(record: HistoryRecord) -> Operation:
+    return Operation(
+        client_id=record.client_id,
+        kind=record.kind,
+        key=record.key,
+        input=record.input,
+        output=record.output,
+        call_time=record.call_time,
+        return_time=record.return_time,
+    )

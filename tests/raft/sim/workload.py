@@ -34,12 +34,12 @@ class ClientOp:
     key: str
     #: The written value (None for a read).
     value: str | None
-    call_time: int
+    call_time: float
     node_id: int
     on_done: OpCallback | None = None
     #: Read result once complete (None also means "key absent").
     output: str | None = None
-    return_time: int | None = None
+    return_time: float | None = None
     done: bool = False
     #: Refused at once by the node (nothing was proposed): leaves no record.
     refused: bool = False
@@ -58,9 +58,9 @@ class HistoryRecord:
     key: str
     input: str | None
     output: str | None
-    call_time: int
+    call_time: float
     #: None when the outcome is unknown (a write that was given up on).
-    return_time: int | None
+    return_time: float | None
 
 
 @dataclass(slots=True)
@@ -154,7 +154,7 @@ class Workload:
             kind=kind,
             key=rng.choice(self.config.keys),
             value=value,
-            call_time=cluster.time,
+            call_time=cluster.history_time(),
             node_id=node_id,
             on_done=lambda done: self._finished(slot, done),
         )

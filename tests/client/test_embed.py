@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -160,3 +162,19 @@ def test_serve_on_the_programs_own_event_loop(tmp_path: Path) -> None:
 
     asyncio.run(main())
     assert any(tmp_path.iterdir())  # The node kept its data where it was told.
+
+
+def test_a_program_that_forgets_to_stop_its_nodes_still_exits_cleanly() -> None:
+    program = textwrap.dedent(
+        """
+        import raftkv
+        server = raftkv.start_server("127.0.0.1:0", tick_ms=20)
+        server.wait_ready(10)
+        print(server.data_dir)
+        """
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert not Path(completed.stdout.strip()).exists()  # Stopped at exit, and cleaned up.

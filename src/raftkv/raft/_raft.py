@@ -780,7 +780,7 @@ class Raft:
         progress.last_heard_tick = self.ticks
         if m.reject:
             hint = m.reject_hint
-            if False:
+            if m.log_term > 0:
                 hint = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
             if progress.maybe_decrease_to(m.index, hint):
                 if progress.state is ProgressState.REPLICATE:

@@ -51,6 +51,11 @@ def test_leader_does_not_count_its_own_unpersisted_entries() -> None:
     net.nodes[1].storage.append(rd.entries)
     leader.advance(rd)
     assert leader.status().hard_state.commit == commit + 1
+    # ...and tells the follower at once, without waiting for a heartbeat.
+    rd = leader.ready()
+    assert [(m.type, m.to, m.commit) for m in rd.early_messages if m.to == 2] == [
+        (MessageType.APP, 2, commit + 1)
+    ]
 
 
 def test_follower_learns_the_commit_index_only_for_entries_it_holds() -> None:

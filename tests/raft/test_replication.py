@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from raftkv.raft import Config, Message, MessageType, Role
+from raftkv.raft import Config, Entry, HardState, Message, MessageType, Role
 from raftkv.raft._types import entries_size_bytes
 
 from .helpers import make_storage
@@ -223,8 +223,6 @@ def test_follower_rejects_an_append_that_does_not_match_its_log() -> None:
 def test_follower_truncates_a_conflicting_suffix() -> None:
     storage = make_storage((1, 2, 3), (1, 1, 2, 2))
     net = Network(3, storages={2: storage}, bootstrap=False)
-    from raftkv.raft import Entry
-
     net.nodes[2].raw.step(
         Message(
             MessageType.APP,
@@ -242,6 +240,27 @@ def test_follower_truncates_a_conflicting_suffix() -> None:
     assert net.log_of(2)[-1] == (3, b"new")
 
 
+def test_follower_answers_an_append_below_its_commit_with_its_commit_index() -> None:
+    # A duplicated old append must not make the leader think the follower is behind.
+    storage = make_storage((1, 2, 3), (1, 1, 1, 1, 1))
+    net = Network(3, storages={2: storage}, bootstrap=False)
+    follower = net.nodes[2].raw
+    follower.step(Message(MessageType.HEARTBEAT, to=2, frm=1, term=1, commit=5))
+    net.take()
+    old = Message(
+        MessageType.APP,
+        to=2,
+        frm=1,
+        term=1,
+        log_term=1,
+        index=2,
+        entries=(Entry(1, 3), Entry(1, 4)),
+        commit=3,
+    )
+    follower.step(old)
+    assert [(m.type, m.index, m.reject) for m in net.take()] == [(MessageType.APP_RESP, 5, False)]
+
+
 def backtracking_cluster(leader_terms: tuple[int, ...], follower_terms: tuple[int, ...]) -> Network:
     """Node 1 (to be elected), node 2 with a divergent log, node 3 with node 1's log."""
     current = max(leader_terms + follower_terms)
@@ -251,8 +270,6 @@ def backtracking_cluster(leader_terms: tuple[int, ...], follower_terms: tuple[in
         3: make_storage((1, 2, 3), leader_terms),
     }
     for storage in storages.values():
-        from raftkv.raft import HardState
-
         storage.set_hard_state(HardState(term=current))
     return Network(3, storages=storages, bootstrap=False)
 

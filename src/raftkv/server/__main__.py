@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -30,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.install()
     except ImportError:
         pass
+    # Every log entry and message is a small container object the collector tracks;
+    # at the default thresholds a busy node spends a large share of its time in
+    # young-generation collections (measured: 25-65% more peer throughput with
+    # these). The process owns its heap, so it may tune this; embedders may not.
+    gc.set_threshold(50_000, 20, 100)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -305,3 +305,25 @@ def test_node_campaigns_only_once_committed_membership_changes_are_applied() -> 
     assert [e.type for e in rd.committed_entries] == [EntryType.CONF_CHANGE] * 3
     node.campaign()
     assert node.role is Role.PRE_CANDIDATE
+
+
+def test_granting_a_vote_restarts_the_election_timer() -> None:
+    def node_at_term_2() -> RawNode:
+        # Node 3 learns of term 2 from a candidate it refuses (stale log), so it is
+        # at term 2 with no vote and no leader.
+        node = make_node(3, terms=(1, 1), seed=9)
+        node.step(msg(MessageType.VOTE, 1, 3, term=2, log_term=1, index=1))
+        node.ready()
+        assert node.term == 2 and node.status().hard_state.vote == 0
+        return node
+
+    timeout = ticks_until_campaign(node_at_term_2())  # the same seed: the same timeout
+    node = node_at_term_2()
+    for _ in range(timeout - 1):
+        node.tick()
+    node.step(msg(MessageType.VOTE, 2, 3, term=2, log_term=1, index=2))
+    assert node.status().hard_state.vote == 2
+    # Having just voted, it gives the candidate a full election timeout.
+    for _ in range(ELECTION_TICK - 1):
+        node.tick()
+        assert node.role is Role.FOLLOWER

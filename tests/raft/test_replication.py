@@ -300,6 +300,21 @@ def test_backtracking_skips_one_term_per_round_trip() -> None:
     assert net.log_of(2) == net.log_of(1)
 
 
+def test_follower_hint_skips_its_own_newer_term_entries() -> None:
+    # The follower led term 3 and appended 50 entries; the leader's entries at the
+    # same indexes are of the older term 2. The follower's hint must skip its whole
+    # term-3 run at once, or the leader would back off one entry per round trip.
+    leader_terms = (1,) * 3 + (2,) * 50
+    follower_terms = (1,) * 3 + (3,) * 50
+    net = backtracking_cluster(leader_terms, follower_terms)
+    net.campaign(1)
+    assert net.nodes[1].raw.role is Role.LEADER
+    net.stabilize()
+    rejections = [m for m in net.delivered if m.type is MessageType.APP_RESP and m.reject]
+    assert len(rejections) <= 2, f"{len(rejections)} round trips for 50 divergent entries"
+    assert net.log_of(2) == net.log_of(1)
+
+
 def test_follower_missing_entries_is_caught_up_in_few_round_trips() -> None:
     leader_terms = (1,) * 300
     net = backtracking_cluster(leader_terms, (1,) * 10)

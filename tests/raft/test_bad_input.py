@@ -125,7 +125,8 @@ def test_local_request_types_without_a_sender_are_dropped() -> None:
     last_index = raw.status().last_index
     raw.step(Message(MessageType.PROP, to=1, frm=0, entries=(Entry(0, 0, data=b"x"),)))
     raw.step(Message(MessageType.READ_INDEX, to=1, frm=0, context=b"r"))
-    raw.step(Message(MessageType.TRANSFER_LEADER, to=1, frm=0))
+    raw.step(Message(MessageType.TRANSFER_LEADER, to=1, frm=0, index=2))
+    raw.step(Message(MessageType.TRANSFER_LEADER, to=1, frm=2, index=0))
     net.stabilize()
     assert raw.status().last_index == last_index
     assert net.nodes[1].read_states == []
@@ -138,7 +139,7 @@ def test_forwarded_requests_that_cannot_be_served_never_raise() -> None:
     raw = net.nodes[1].raw
     # A transfer to a learner, an empty proposal, a membership change that makes no
     # sense, and one whose payload is not a membership change at all.
-    raw.step(Message(MessageType.TRANSFER_LEADER, to=1, frm=4))
+    raw.step(Message(MessageType.TRANSFER_LEADER, to=1, frm=2, index=4))
     raw.step(Message(MessageType.PROP, to=1, frm=2))
     bad_changes = [b"", b"\x93", b"\xc1", b"\x93\x09\x01\xc4\x00", b"\x93\x00\xa1x\xc4\x00"]
     last_index = raw.status().last_index

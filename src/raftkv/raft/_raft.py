@@ -598,9 +598,9 @@ class Raft:
             self.lead = m.frm
             self._handle_snapshot(m)
         elif kind is MessageType.TRANSFER_LEADER:
-            if m.frm not in self.voters:
+            if m.index not in self.voters:
                 # Refuse here rather than let the leader drop it silently.
-                raise LeaderTransferRefused(f"node {m.frm} is not a voter")
+                raise LeaderTransferRefused(f"node {m.index} is not a voter")
             if self.lead == NONE:
                 raise ProposalDropped("no leader is known to transfer leadership from")
             self._send(_redirect(m, self.lead))
@@ -660,7 +660,7 @@ class Raft:
             self._leader_read_index(m)
             return
         if kind is MessageType.TRANSFER_LEADER:
-            self._leader_transfer(m.frm)
+            self._leader_transfer(m.index)
             return
         progress = self.progress.get(m.frm)
         if progress is None:

@@ -103,7 +103,8 @@ class RawNode:
     def transfer_leader(self, transferee: int) -> None:
         """Ask the leader to hand leadership to `transferee` (a caught-up voter)."""
         raft = self._raft
-        raft.step(Message(MessageType.TRANSFER_LEADER, to=0, frm=transferee), local=True)
+        message = Message(MessageType.TRANSFER_LEADER, to=0, frm=raft.id, index=transferee)
+        raft.step(message, local=True)
 
     def campaign(self) -> None:
         """Start an election now (through pre-vote when it is on). Does nothing on a
@@ -231,12 +232,15 @@ class RawNode:
         )
 
 
+_REQUEST_TYPES = frozenset({MessageType.PROP, MessageType.READ_INDEX, MessageType.TRANSFER_LEADER})
+
+
 def _well_formed(m: Message) -> bool:
     """Whether a peer's message has a shape the core can trust. Only O(1) checks:
     this runs for every message."""
     kind = m.type
-    if (kind is MessageType.PROP or kind is MessageType.READ_INDEX) and m.frm == 0:
-        return False  # A request nobody can be answered for.
+    if m.frm <= 0 and kind in _REQUEST_TYPES:
+        return False  # A request from nobody.
     if m.term < 0 or m.index < 0 or m.log_term < 0 or m.commit < 0 or m.reject_hint < 0:
         return False
     if kind is MessageType.SNAP:

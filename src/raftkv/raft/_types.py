@@ -204,11 +204,16 @@ class Message:
     - APP: `log_term`/`index` locate the entry before `entries`; `commit` is the
       leader's commit index.
     - APP_RESP: `index` is the last index now matching (accept) or the rejected
-      index (reject); `reject_hint` is the follower's last index and `log_term` the
-      term at that hint, so the leader can skip a whole conflicting term at once.
+      index (reject); `reject_hint` is the largest index at or before the rejected
+      one whose term is at most the append's `log_term`, and `log_term` the term
+      there, so the leader can skip a whole conflicting term at once.
     - VOTE / PRE_VOTE: `log_term`/`index` describe the candidate's last entry.
-    - HEARTBEAT / HEARTBEAT_RESP / READ_INDEX / READ_INDEX_RESP: `context` carries
-      the ReadIndex request context; READ_INDEX_RESP's `index` is the read index.
+    - HEARTBEAT / HEARTBEAT_RESP: `context` is the token of the newest ReadIndex
+      request the leader is confirming (assigned by the leader; echoed back).
+    - READ_INDEX / READ_INDEX_RESP: `context` is the requester's context;
+      READ_INDEX_RESP's `index` is the read index.
+    - TRANSFER_LEADER: `index` is the transferee's id; `frm` is the node that asked
+      (which transports may check against the connection).
     - SNAP: `snapshot` is the snapshot to install.
     """
 

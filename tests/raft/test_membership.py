@@ -10,6 +10,7 @@ from raftkv.raft import (
     ConfChangeType,
     Config,
     ConfState,
+    EntryType,
     InvalidConfChange,
     MessageType,
     ProposalDropped,
@@ -51,7 +52,11 @@ def test_conf_change_entry_carries_its_context_to_every_node() -> None:
     change = ConfChange(ADD, 4, b"http://node4:2380")
     net.propose_conf_change(1, change)
     for node_id in (1, 2, 3, 4):
-        applied = [ConfChange.decode(e.data) for e in net.nodes[node_id].applied if e.type == 1]
+        applied = [
+            ConfChange.decode(e.data)
+            for e in net.nodes[node_id].applied
+            if e.type == EntryType.CONF_CHANGE
+        ]
         assert applied[-1] == change
 
 
@@ -117,6 +122,15 @@ def test_commit_goes_on_with_the_learner_partitioned() -> None:
     net.recover()
     net.tick_all(2)
     assert net.applied_data(4) == [b"x"]
+
+
+def test_election_succeeds_with_the_learner_partitioned() -> None:
+    net = Network(4, learners=[4])
+    net.isolate(4)
+    net.campaign(1)
+    assert net.nodes[1].raw.role is Role.LEADER
+    net.propose(1, b"x")
+    assert net.applied_data(3) == [b"x"]
 
 
 def test_learner_never_campaigns() -> None:

@@ -3,11 +3,13 @@
 Each client runs one operation at a time: a put or an append of a unique value, or
 a linearizable read, on one of a few keys, sent to one node. A write completes when
 the node it was sent to applies it; a read completes when that node has applied up
-to the read index the core returned. A client that gives up on a write (its node
-crashed, its proposal was lost) cannot know whether the write happened: the write
-goes into the history with an unknown outcome and the client continues under a new
-client id, as a crashed process would be replaced. A read that is given up on
-changed nothing and is left out of the history.
+to the read index the core returned. A client whose write times out (its node
+crashed, its proposal was lost) cannot know whether the write happened, so it sends
+it again under the same operation id to another node, as a client with an
+exactly-once session would. Only when the retries run out does the write go into
+the history with an unknown outcome, and the client continues under a new client
+id, as a crashed process would be replaced. A read that is given up on changed nothing
+and is left out of the history.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class ClientOp:
     output: str | None = None
     return_time: float | None = None
     done: bool = False
+    #: 1 for the first send; a write that timed out is sent again under the same id.
+    attempt: int = 1
     #: Refused at once by the node (nothing was proposed): leaves no record.
     refused: bool = False
     #: For a read: the index the core answered, once known.
@@ -97,8 +101,13 @@ class WorkloadConfig:
     keys: tuple[str, ...] = ("x", "y", "z")
     #: Pause between one operation's end and the client's next call.
     max_think_units: int = 20
-    #: How long a client waits before it gives up on an operation.
-    timeout_units: int = 400
+    #: How long a client waits for one attempt of an operation.
+    timeout_units: int = 200
+    #: A write that times out is sent again, with the same operation id, to another
+    #: node (the store applies an id once), up to this many attempts in all. Each
+    #: retry turns what would be an unknown outcome into a known one, which keeps the
+    #: linearizability search small.
+    max_write_attempts: int = 5
     read_fraction: float = 0.4
     append_fraction: float = 0.3
     #: How often a client sends to the node it believes leads (else a random node).
@@ -116,6 +125,7 @@ class Workload:
         self.active = True
         self._next_client_id = 1
         self._op_seq = 0
+        self.retries = 0
         self._pending: dict[int, ClientOp] = {}
         self._client_ids: dict[int, int] = {}
         for slot in range(config.clients):
@@ -159,7 +169,7 @@ class Workload:
             on_done=lambda done: self._finished(slot, done),
         )
         self._pending[slot] = op
-        cluster.schedule(self.config.timeout_units, self._timeout, slot, op)
+        cluster.schedule(self.config.timeout_units, self._timeout, slot, op, op.attempt)
         cluster.submit(op)
 
     def _choose_node(self) -> int | None:
@@ -173,6 +183,13 @@ class Workload:
         return self._rng.choice(candidates)
 
     def _finished(self, slot: int, op: ClientOp) -> None:
+        if op.refused and op.attempt > 1:
+            # A refused retry says nothing of the earlier attempts: one of them may
+            # still commit, so the write stays pending and is sent again.
+            op.done = False
+            op.refused = False
+            self._cluster.schedule(self._think_units(), self._retry, slot, op)
+            return
         if self._pending.get(slot) is op:
             del self._pending[slot]
         # A refused request (no leader known, a transfer in progress) was never
@@ -181,9 +198,28 @@ class Workload:
             self.history.complete(op)
         self._next(slot)
 
-    def _timeout(self, slot: int, op: ClientOp) -> None:
+    def _timeout(self, slot: int, op: ClientOp, attempt: int) -> None:
+        if op.done or op.attempt != attempt:
+            return
+        self._cluster.forget(op)
+        if op.is_write and op.attempt < self.config.max_write_attempts:
+            self._retry(slot, op)
+        else:
+            self._give_up(slot, op)
+
+    def _retry(self, slot: int, op: ClientOp) -> None:
         if op.done:
             return
+        self._cluster.forget(op)
+        op.attempt += 1
+        self.retries += 1
+        self._cluster.schedule(self.config.timeout_units, self._timeout, slot, op, op.attempt)
+        node_id = self._choose_node()
+        if node_id is not None:
+            op.node_id = node_id
+            self._cluster.submit(op)
+
+    def _give_up(self, slot: int, op: ClientOp) -> None:
         self._cluster.forget(op)
         op.done = True
         self._pending.pop(slot, None)
@@ -192,8 +228,11 @@ class Workload:
             self._client_ids[slot] = self._new_client_id()
         self._next(slot)
 
+    def _think_units(self) -> int:
+        return self._rng.randint(1, self.config.max_think_units)
+
     def _next(self, slot: int) -> None:
-        self._cluster.schedule(self._rng.randint(1, self.config.max_think_units), self._act, slot)
+        self._cluster.schedule(self._think_units(), self._act, slot)
 
     def stop(self) -> None:
         """Issue no new operations; the pending ones may still complete."""
@@ -203,4 +242,4 @@ class Workload:
         """Give up on every operation still pending (the end of a run)."""
         self.active = False
         for slot, op in list(self._pending.items()):
-            self._timeout(slot, op)
+            self._give_up(slot, op)

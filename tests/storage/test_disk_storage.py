@@ -183,9 +183,12 @@ def test_no_usable_snapshot_and_a_wal_that_starts_later_is_refused(tmp_path: Pat
     assert "starts after index" in message and only.name in message and "\n" not in message
 
 
-def test_a_negative_catch_up_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="catch_up_entries"):
-        open_storage(tmp_path, catch_up_entries=-1)
+def test_unsafe_options_are_refused_before_the_directory_is_touched(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="catch_up_entries must be >= 0"):
+        open_storage(tmp_path / "data", catch_up_entries=-1)
+    with pytest.raises(ValueError, match="snapshots_to_keep must be >= 1"):
+        open_storage(tmp_path / "data", snapshots_to_keep=0)
+    assert not (tmp_path / "data").exists()
 
 
 def test_sync_runs_in_a_worker_thread(tmp_path: Path) -> None:

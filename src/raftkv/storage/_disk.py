@@ -93,49 +93,68 @@ class DiskStorage:
         """
         if catch_up_entries < 0:
             raise ValueError(f"catch_up_entries must be >= 0, not {catch_up_entries}")
+        if snapshots_to_keep < 1:
+            raise ValueError(f"snapshots_to_keep must be >= 1, not {snapshots_to_keep}")
         path = Path(directory)
         if not path.is_dir():
             path.mkdir(parents=True)
             fsync_directory(path.parent)
         lock = DirectoryLock(path)
         try:
-            snapshotter = Snapshotter(path / "snap", keep=snapshots_to_keep)
-            metadata = WALMetadata(node_id=node_id, cluster_id=cluster_id)
-            wal_directory = path / "wal"
-            if not WAL.exists(wal_directory):
-                if snapshotter.files():
-                    raise RecoveryError(
-                        f"{path} holds snapshot files but no WAL; restore the data directory "
-                        f"from a backup, or remove it and rejoin the cluster"
-                    )
-                wal = WAL.create(wal_directory, metadata, segment_size_bytes=segment_size_bytes)
-                return cls(
-                    path,
-                    lock,
-                    wal,
-                    snapshotter,
-                    MemoryStorage(),
-                    is_new=True,
-                    catch_up_entries=catch_up_entries,
-                )
+            return cls._open_locked(
+                path,
+                lock,
+                WALMetadata(node_id=node_id, cluster_id=cluster_id),
+                catch_up_entries=catch_up_entries,
+                snapshots_to_keep=snapshots_to_keep,
+                segment_size_bytes=segment_size_bytes,
+            )
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_locked(
+        cls,
+        path: Path,
+        lock: DirectoryLock,
+        metadata: WALMetadata,
+        *,
+        catch_up_entries: int,
+        snapshots_to_keep: int,
+        segment_size_bytes: int,
+    ) -> DiskStorage:
+        wal_directory = path / "wal"
+        if WAL.exists(wal_directory):
+            # The WAL is opened first: it refuses another node's directory before
+            # anything in it is touched.
             wal, contents = WAL.open(
                 wal_directory, segment_size_bytes=segment_size_bytes, expected_metadata=metadata
             )
             try:
+                snapshotter = Snapshotter(path / "snap", keep=snapshots_to_keep)
                 cache = _recover(contents, snapshotter, catch_up_entries)
             except BaseException:
                 wal.close()
                 raise
-        except BaseException:
-            lock.release()
-            raise
+            is_new = False
+        else:
+            snapshotter = Snapshotter(path / "snap", keep=snapshots_to_keep)
+            if snapshotter.files():
+                raise RecoveryError(
+                    f"{path} holds snapshot files but no WAL; restore the data directory from "
+                    f"a backup, or remove it and rejoin the cluster"
+                )
+            wal = WAL.create(wal_directory, metadata, segment_size_bytes=segment_size_bytes)
+            cache = MemoryStorage()
+            is_new = True
         return cls(
             path,
             lock,
             wal,
             snapshotter,
             cache,
-            is_new=False,
+            is_new=is_new,
             catch_up_entries=catch_up_entries,
         )
 

@@ -87,6 +87,16 @@ def test_saving_nothing_writes_nothing(tmp_path: Path) -> None:
     wal.close()
 
 
+def test_a_batch_that_would_leave_a_gap_is_refused_before_it_is_written(tmp_path: Path) -> None:
+    wal = create(tmp_path)
+    wal.save(entries(1, 3))
+    with pytest.raises(AssertionError, match="gap"):
+        wal.save(entries(5, 6))
+    wal.sync()
+    wal.close()
+    assert read_back(tmp_path)[0] == entries(1, 3)
+
+
 def test_a_reopened_wal_continues_where_it_stopped(tmp_path: Path) -> None:
     written(tmp_path, entries(1, 3))
     wal, log, _ = reopen(tmp_path)

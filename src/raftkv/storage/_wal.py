@@ -295,6 +295,10 @@ class WAL:
         if not parts:
             return 0
         with self._lock:
+            # A gap would make the WAL unreadable on recovery: refuse it before writing.
+            assert not entries or entries[0].index <= self._last_index + 1, (
+                f"entries from {entries[0].index} would leave a gap after {self._last_index}"
+            )
             size = self._write(parts)
             if entries:
                 self._last_index = entries[-1].index

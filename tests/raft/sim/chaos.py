@@ -44,6 +44,7 @@ ACTIONS: tuple[tuple[str, float], ...] = (
     ("crash", 1.5),
     ("crash_mid_write", 1.0),
     ("crash_after_send", 1.0),
+    ("crash_torn_write", 0.5),
     ("membership", 2.0),
     ("transfer_leader", 1.0),
     ("campaign", 0.5),
@@ -171,6 +172,11 @@ class Chaos:
         live = self._cluster.live_node_ids()
         if live:
             self._cluster.campaign(self._rng.choice(live))
+
+    def _crash_torn_write(self) -> None:
+        node_id = self._pick_up_node(leader_bias=0.2)
+        if node_id is not None:
+            self._cluster.arm_crash(node_id, CrashPoint.TORN_WRITE, self._down_units())
 
     def _contested_election(self) -> None:
         """The leader crashes and comes back at once; once the followers' leases ran

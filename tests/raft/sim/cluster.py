@@ -93,6 +93,9 @@ class CrashPoint(enum.Enum):
     AFTER_SEND = "after_send"
     #: As AFTER_SEND, at a Ready that grants a vote.
     AFTER_VOTE = "after_vote"
+    #: While the write becomes durable: the entries reached the disk, the hard
+    #: state (term, vote, commit) did not.
+    TORN_WRITE = "torn_write"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,10 @@ class ClusterConfig:
     #: Step input into a node while its Ready is being persisted (RawNode allows any
     #: input but `ready()` between `ready()` and `advance()`), rather than queue it.
     input_while_persisting: bool = True
+    #: Apply committed entries and answer reads as soon as the Ready is taken,
+    #: before its write is durable, as the server does (they are durable on a
+    #: quorum), rather than after the write (the order of the host contract).
+    apply_before_persist: bool = False
     #: A write that must be fsynced takes 1..this many units.
     max_fsync_units: int = 3
     #: A node takes its Ready 0..this many units after new input (batching).
@@ -134,6 +141,8 @@ class SimNode:
         #: Term and commit index of the durable hard state.
         self.term = 0
         self.commit = 0
+        #: The highest commit index any Ready reported (durable or not yet).
+        self.commit_seen = 0
         self.role = Role.FOLLOWER
         self.leader_id = NONE
         #: A Ready is between `ready()` and `advance()` (its write is in flight).
@@ -280,6 +289,7 @@ class Cluster:
         node.conf_state = snapshot.metadata.conf_state
         node.term = storage.hard_state.term
         node.commit = storage.hard_state.commit
+        node.commit_seen = node.commit
         node.role = Role.FOLLOWER
         node.leader_id = NONE
         node.busy = False
@@ -387,10 +397,18 @@ class Cluster:
             return
         rd = rn.ready()
         node.busy = True
+        if rd.hard_state is not None:
+            node.commit_seen = max(node.commit_seen, rd.hard_state.commit)
         if rd.soft_state is not None:
             self._observe_soft_state(node, rd)
         for message in rd.early_messages:
             self._send(node, message)
+        if self.config.apply_before_persist:
+            # As the server does: committed entries are durable on a quorum already,
+            # so they are applied (and clients answered) before this node's write.
+            if rd.snapshot is not None:
+                self._persist_snapshot(node, rd.snapshot)
+            self._apply_and_read(node, rd)
         if self._maybe_crash(node, CrashPoint.MID_WRITE, rd.must_sync):
             return
         delay = self.rng.randint(1, self.config.max_fsync_units) if rd.must_sync else 0
@@ -400,10 +418,15 @@ class Cluster:
         node = self.nodes[node_id]
         if node.incarnation != incarnation:
             return  # The process crashed before its write was durable.
-        if rd.snapshot is not None:
+        if rd.snapshot is not None and not self.config.apply_before_persist:
             self._persist_snapshot(node, rd.snapshot)
         if rd.entries:
             self._persist_entries(node, rd.entries)
+        # A torn write: the WAL writes the entries record, then the hard state
+        # record; a crash between the two keeps only the entries.
+        torn = rd.entries and rd.hard_state is not None and rd.snapshot is None
+        if self._maybe_crash(node, CrashPoint.TORN_WRITE, bool(torn)):
+            return
         if rd.hard_state is not None:
             self._persist_hard_state(node, rd.hard_state)
         for message in rd.messages:
@@ -412,10 +435,8 @@ class Cluster:
             return
         if self._maybe_crash(node, CrashPoint.AFTER_VOTE, _grants_vote(rd.messages)):
             return
-        self._apply(node, rd.committed_entries)
-        for read_state in rd.read_states:
-            self._on_read_state(node, read_state)
-        self._serve_reads(node)
+        if not self.config.apply_before_persist:
+            self._apply_and_read(node, rd)
         node.raw.advance(rd)
         node.busy = False
         if node.applied_own_removal:
@@ -426,6 +447,12 @@ class Cluster:
             action, args = node.inbox.popleft()
             action(*args)
         self._want_ready(node)
+
+    def _apply_and_read(self, node: SimNode, rd: Ready) -> None:
+        self._apply(node, rd.committed_entries)
+        for read_state in rd.read_states:
+            self._on_read_state(node, read_state)
+        self._serve_reads(node)
 
     def _observe_soft_state(self, node: SimNode, rd: Ready) -> None:
         soft_state = rd.soft_state
@@ -499,10 +526,11 @@ class Cluster:
     def _apply(self, node: SimNode, entries: list[Entry]) -> None:
         if not entries:
             return
-        check_apply_order(node.id, node.kv.applied_index, node.commit, entries)
+        check_apply_order(node.id, node.kv.applied_index, node.commit_seen, entries)
         kv = node.kv
+        term = node.raw.term
         for entry in entries:
-            self.committed.observe_committed(node.id, entry, node.term)
+            self.committed.observe_committed(node.id, entry, term)
             if entry.type is EntryType.CONF_CHANGE:
                 change = ConfChange.decode(entry.data)
                 node.conf_state = node.raw.apply_conf_change(change)
@@ -688,7 +716,9 @@ class Cluster:
             return False
         storage = node.storage
         applied = node.kv.applied_index
-        if applied <= storage.snapshot().metadata.index:
+        if applied <= storage.snapshot().metadata.index or applied > storage.last_index():
+            # Nothing new to snapshot, or (applying before persisting) the applied
+            # entries are not all on this node's disk yet.
             return False
         storage.create_snapshot(applied, node.conf_state, node.kv.snapshot())
         compact_to = applied - keep_entries

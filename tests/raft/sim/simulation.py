@@ -59,6 +59,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         nodes=nodes,
         input_while_persisting=rng.random() < 0.5,
         pre_vote=rng.random() < 0.8,
+        apply_before_persist=rng.random() < 0.5,
         max_inflight_msgs=rng.choice((1, 4, 256)),
         max_size_per_msg_bytes=rng.choice((64, 1024, 1 << 20)),
         max_fsync_units=rng.choice((1, 3, 8)),

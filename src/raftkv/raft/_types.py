@@ -253,7 +253,9 @@ class Ready:
     #: Messages to send only after `entries`, `hard_state` and `snapshot` are durable.
     messages: list[Message] = field(default_factory=list)
     #: A leader's appends and heartbeats: they do not depend on this Ready's own
-    #: persistence, so the host may send them before or while it writes.
+    #: persistence, so the host may send them before or while it writes. (Empty
+    #: when this Ready changes the term or vote: a leader elected within it sends
+    #: nothing before its term is durable.)
     early_messages: list[Message] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     #: True when `entries` or `hard_state` (term or vote) must be fsynced before

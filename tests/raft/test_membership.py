@@ -246,15 +246,38 @@ def test_conf_change_dropped_by_backpressure_does_not_block_the_next_one() -> No
     assert net.nodes[1].raw.status().conf_state.learners == (4,)
 
 
-def test_forwarded_conf_change_is_refused_while_one_is_pending() -> None:
+def test_follower_refuses_a_conf_change_while_its_log_holds_a_pending_one() -> None:
     net = Network(3)
     net.campaign(1)
     net.nodes[1].raw.propose_conf_change(ConfChange(ADD_LEARNER, 4))
+    net.cut_one_way(2, 1)  # node 2 gets the change, but it does not commit yet
+    net.cut_one_way(3, 1)
+    net.stabilize()
+    follower = net.nodes[2].raw
+    with pytest.raises(ConfChangePending):
+        follower.propose_conf_change(ConfChange(ADD_LEARNER, 5))
+    net.recover()
+    net.add_node(4)
+    net.tick_all(2)
+    assert follower.status().conf_state.learners == (4,)
+    # Once applied, the follower forwards the next change to the leader.
+    net.add_node(5)
+    follower.propose_conf_change(ConfChange(ADD_LEARNER, 5))
+    net.stabilize()
+    assert net.nodes[1].raw.status().conf_state.learners == (4, 5)
+
+
+def test_forwarded_conf_change_is_dropped_by_a_leader_with_one_pending() -> None:
+    net = Network(3)
+    net.campaign(1)
+    net.nodes[1].raw.propose_conf_change(ConfChange(ADD_LEARNER, 4))
+    # Node 2 does not have the first change yet, so it cannot refuse the second.
     net.nodes[2].raw.propose_conf_change(ConfChange(ADD_LEARNER, 5))
     net.stabilize()
     net.add_node(4)
     net.stabilize()
-    # The leader dropped the second change (the follower's client retries later).
+    # The leader dropped the second change (the follower's client times out and
+    # retries); nothing else went wrong.
     assert net.nodes[1].raw.status().conf_state.learners == (4,)
 
 

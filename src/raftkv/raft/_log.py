@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from ._errors import CompactedError, UnavailableError
 from ._storage import Storage, limit_size
-from ._types import Entry, EntryType, Snapshot
+from ._types import Entry, Snapshot, has_conf_change
 
 
 class _Unstable:
@@ -179,13 +179,14 @@ class RaftLog:
             return []
         return self.slice(lo, self.committed + 1, self.max_applying_bytes)
 
-    def has_pending_conf_change(self) -> bool:
-        """Whether a committed but unapplied entry is a membership change."""
-        if not self.has_next_committed_entries():
-            return False
+    def has_pending_conf_change(self, committed_only: bool = True) -> bool:
+        """Whether an unapplied entry is a membership change: a committed one, or
+        with `committed_only` false, any in the log."""
+        hi = self.committed if committed_only else self.last_index()
         lo = max(self.applied + 1, self.first_index())
-        entries = self.slice(lo, self.committed + 1, None)
-        return any(entry.type == EntryType.CONF_CHANGE for entry in entries)
+        if hi < lo:
+            return False
+        return has_conf_change(self.slice(lo, hi + 1, None))
 
     def snapshot(self) -> Snapshot:
         if self.unstable.snapshot is not None:

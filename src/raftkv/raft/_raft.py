@@ -584,6 +584,13 @@ class Raft:
         if kind is MessageType.PROP:
             if self.lead == NONE:
                 raise ProposalDropped("no leader is known; retry once one is elected")
+            if has_conf_change(m.entries) and self.log.has_pending_conf_change(False):
+                # The leader would drop it without a word: refuse it here, where the
+                # caller hears. (A change the leader has and we do not yet is still
+                # dropped there; the caller's timeout covers that.)
+                raise ConfChangePending(
+                    "a membership change is already in progress; retry once it is applied"
+                )
             self._send(_redirect(m, self.lead))
         elif kind is MessageType.APP:
             self.election_elapsed = 0

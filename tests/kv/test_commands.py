@@ -90,10 +90,22 @@ def test_a_put_of_a_short_key_and_value_is_compact() -> None:
     assert len(encode_put(b"key", b"value")) == 1 + 1 + 2 + 3 + 2 + 5 + 1
 
 
-@pytest.mark.parametrize("length", [0, 15, 16, 65535, 65536])
-def test_batch_array_headers_at_every_size_boundary(length: int) -> None:
-    command = decode_command(encode_batch([encode_noop()] * length))
-    assert command == Batch((Noop(),) * length)
+@pytest.mark.parametrize(
+    ("length", "header"),
+    [
+        (0, b"\x90"),
+        (15, b"\x9f"),
+        (16, b"\xdc\x00\x10"),
+        (65535, b"\xdc\xff\xff"),
+        (65536, b"\xdd\x00\x01\x00\x00"),
+    ],
+)
+def test_batch_array_headers_at_every_size_boundary(length: int, header: bytes) -> None:
+    data = encode_batch([encode_noop()] * length)
+    assert data[2 : 2 + len(header)] == header
+    assert msgpack.unpackb(data) == [Opcode.BATCH, [[0]] * length]
+    if length < 100:
+        assert decode_command(data) == Batch((Noop(),) * length)
 
 
 BAD_ENTRIES = {

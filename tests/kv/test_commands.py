@@ -2,6 +2,8 @@
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raftkv.kv import (
     INT64_MAX,
@@ -16,6 +18,7 @@ from raftkv.kv import (
     ErrorCode,
     Incr,
     InvalidCommand,
+    KvStateMachine,
     Noop,
     Opcode,
     Put,
@@ -186,3 +189,26 @@ def test_results_round_trip_through_msgpack(result: object) -> None:
 def test_encode_result_refuses_non_results() -> None:
     with pytest.raises(TypeError):
         encode_result(object())  # type: ignore[arg-type]
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**64), 2**64 - 1)
+    | st.binary(max_size=4)
+    | st.text(max_size=3)
+    | st.sampled_from(list(Opcode)),
+    lambda inner: st.lists(inner, max_size=5),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=40) | msgpack_values.map(msgpack.packb))
+def test_arbitrary_bytes_never_escape_as_anything_but_invalid_command(data: bytes) -> None:
+    KvStateMachine().apply(1, data)  # never raises, whatever the bytes
+    try:
+        command = decode_command(data)
+    except InvalidCommand:
+        return
+    assert decode_command(encode_command(command)) == command

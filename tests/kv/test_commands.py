@@ -194,7 +194,7 @@ def test_encode_result_refuses_non_results() -> None:
 msgpack_values = st.recursive(
     st.none()
     | st.booleans()
-    | st.integers(-(2**64), 2**64 - 1)
+    | st.integers(-(2**63), 2**64 - 1)
     | st.binary(max_size=4)
     | st.text(max_size=3)
     | st.sampled_from(list(Opcode)),

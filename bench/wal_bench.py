@@ -11,11 +11,13 @@ returns, as it is for the server. Beside it, in the same run and directory:
   WAL writes its segments (see `raftkv.storage._spare`), so the gap between it
   and the WAL is the WAL's own cost: encoding, checksums, locking.
 
-The three alternate in rounds, so that noise from other work on the machine
-falls on all of them alike; rates are total operations over total time across
-the rounds. Building the entries is outside the timing (a pool of batches is
-cycled through; the WAL treats a batch that starts at an earlier index as a
-rewrite, which costs the same).
+Each of the three keeps one file (or WAL) for the whole batch size and runs in
+short slices, taking turns, so that noise from other work on the machine falls
+on all of them alike; rates are total operations over total time across the
+slices. The WAL runs long enough at the larger batches to rotate segments and
+prepare spares, and that cost is counted. Building the entries is outside the
+timing (a pool of batches is cycled through; the WAL treats a batch that starts
+at an earlier index as a rewrite, which costs the same).
 
 Prints a table, then one JSON object on the last line.
 
@@ -34,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from raftkv.raft import Entry, HardState
 from raftkv.storage import WAL, WALMetadata
@@ -62,15 +65,21 @@ class Totals:
         return self.operations / self.seconds
 
 
-def timed(operation: Callable[[int], None], seconds: float) -> Totals:
-    """Run `operation(n)` for n = 0, 1, ... for about `seconds`."""
+def timed(operation: Callable[[int], None], seconds: float, first: int = 0) -> Totals:
+    """Run `operation(n)` for n = first, first + 1, ... for about `seconds`."""
     clock = time.perf_counter
-    count = 0
+    count = first
     started = clock()
-    while count % 64 or clock() - started < seconds:
+    while (count - first) % 16 or clock() - started < seconds:
         operation(count)
         count += 1
-    return Totals(count, clock() - started)
+    return Totals(count - first, clock() - started)
+
+
+class Run(Protocol):
+    def operation(self, count: int) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def make_pool(batch_size: int) -> Pool:
@@ -83,54 +92,63 @@ def make_pool(batch_size: int) -> Pool:
     return pool
 
 
-def run_wal(directory: Path, pool: Pool, size_bytes: int, seconds: float) -> Totals:
-    wal = WAL.create(directory / "wal", WALMetadata(node_id=1, cluster_id=1))
+class WALRun:
+    """`WAL.save` + `WAL.sync` of each batch, with a hard state, as the server does."""
 
-    def operation(count: int) -> None:
-        batch, hard_state = pool[count % POOL_BATCHES]
-        wal.save(batch, hard_state)
-        wal.sync()
+    def __init__(self, directory: Path, pool: Pool, size_bytes: int) -> None:
+        self.wal = WAL.create(directory / "wal", WALMetadata(node_id=1, cluster_id=1))
+        self.pool = pool
 
-    try:
-        return timed(operation, seconds)
-    finally:
-        wal.close()
+    def operation(self, count: int) -> None:
+        batch, hard_state = self.pool[count % POOL_BATCHES]
+        self.wal.save(batch, hard_state)
+        self.wal.sync()
 
-
-def run_plain(directory: Path, pool: Pool, size_bytes: int, seconds: float) -> Totals:
-    payload = b"v" * size_bytes
-    fd = os.open(directory / "plain", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-
-    def operation(count: int) -> None:
-        os.write(fd, payload)
-        os.fsync(fd)
-
-    try:
-        return timed(operation, seconds)
-    finally:
-        os.close(fd)
+    def close(self) -> None:
+        self.wal.close()
 
 
-def run_prezeroed(directory: Path, pool: Pool, size_bytes: int, seconds: float) -> Totals:
-    payload = b"v" * size_bytes
-    fd = os.open(directory / "prezeroed", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-    zeros = bytes(1 << 20)
-    for offset in range(0, PREZEROED_FILE_BYTES, len(zeros)):
-        os.pwrite(fd, zeros, offset)
-    os.fsync(fd)
-    per_lap = PREZEROED_FILE_BYTES // size_bytes
+class PlainRun:
+    """`os.write` + `os.fsync` of the same number of bytes, appending to a file."""
 
-    def operation(count: int) -> None:
-        os.pwrite(fd, payload, (count % per_lap) * size_bytes)
-        os.fdatasync(fd)
+    def __init__(self, directory: Path, pool: Pool, size_bytes: int) -> None:
+        self.payload = b"v" * size_bytes
+        self.fd = os.open(directory / "plain", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
 
-    try:
-        return timed(operation, seconds)
-    finally:
-        os.close(fd)
+    def operation(self, count: int) -> None:
+        os.write(self.fd, self.payload)
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
-RUNNERS = {"wal": run_wal, "plain": run_plain, "prezeroed": run_prezeroed}
+class PrezeroedRun:
+    """`os.pwrite` + `os.fdatasync` of the same bytes over a zero-filled, fsynced
+    file, wrapping around at its end: how the WAL writes its segments."""
+
+    def __init__(self, directory: Path, pool: Pool, size_bytes: int) -> None:
+        self.payload = b"v" * size_bytes
+        self.fd = os.open(directory / "prezeroed", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        zeros = bytes(1 << 20)
+        for offset in range(0, PREZEROED_FILE_BYTES, len(zeros)):
+            os.pwrite(self.fd, zeros, offset)
+        os.fsync(self.fd)
+        self.per_lap = PREZEROED_FILE_BYTES // size_bytes
+
+    def operation(self, count: int) -> None:
+        os.pwrite(self.fd, self.payload, (count % self.per_lap) * len(self.payload))
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+RUNS: dict[str, Callable[[Path, Pool, int], Run]] = {
+    "wal": WALRun,
+    "plain": PlainRun,
+    "prezeroed": PrezeroedRun,
+}
 
 
 def bytes_per_operation(directory: Path, pool: Pool) -> int:
@@ -149,15 +167,23 @@ def fresh(directory: Path) -> Path:
     return directory
 
 
-def measure(root: Path, batch_size: int, rounds: int, seconds: float) -> dict[str, float]:
+def measure(root: Path, batch_size: int, slices: int, seconds: float) -> dict[str, float]:
     pool = make_pool(batch_size)
     size_bytes = bytes_per_operation(fresh(root / "measure"), pool)
+    runs = {mode: RUNS[mode](fresh(root / mode), pool, size_bytes) for mode in MODES}
     totals = {mode: Totals() for mode in MODES}
-    for number in range(rounds):
-        # Rotate the order, so that no mode always runs right after another.
-        for position in range(len(MODES)):
-            mode = MODES[(number + position) % len(MODES)]
-            totals[mode].add(RUNNERS[mode](fresh(root / mode), pool, size_bytes, seconds))
+    counts = dict.fromkeys(MODES, 0)
+    try:
+        for number in range(slices):
+            # Rotate the order, so that no mode always runs right after another.
+            for position in range(len(MODES)):
+                mode = MODES[(number + position) % len(MODES)]
+                result = timed(runs[mode].operation, seconds, first=counts[mode])
+                counts[mode] += result.operations
+                totals[mode].add(result)
+    finally:
+        for run in runs.values():
+            run.close()
     wal, plain, prezeroed = (totals[mode].per_second() for mode in MODES)
     return {
         "bytes_per_fsync": size_bytes,
@@ -194,10 +220,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
     arguments = parser.parse_args()
-    rounds, seconds = (1, 0.4) if arguments.quick else (4, 1.0)
+    slices, seconds = (4, 0.1) if arguments.quick else (15, 0.25)
     root = Path(tempfile.mkdtemp(prefix="wal_bench-", dir=arguments.dir))
     try:
-        results = {size: measure(root, size, rounds, seconds) for size in BATCH_SIZES}
+        results = {size: measure(root, size, slices, seconds) for size in BATCH_SIZES}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print_table(results)

@@ -23,7 +23,7 @@ Keys and values are msgpack bin (Python bytes); integers are msgpack ints (never
 bools). Wrappers nest in exactly one way, checked by the decoder:
 
     entry     := Stamped(tagged) | tagged
-    tagged    := Session(batchable | Batch(plain...)) | Batch(item...) | plain
+    tagged    := Session(plain | Batch(plain...)) | Batch(item...) | plain
     item      := Session(plain) | plain
     plain     := Noop | Put | Delete | Cas | CasRevision | Append | Incr | RegisterSession
 

@@ -23,8 +23,7 @@ C-level passes over the batch instead of a Python loop per entry:
     first_index u64, term u64, count u32, flags u8, 3 zero bytes
     [count x u64 terms]      when flags & TERMS_VARY (else every entry has `term`)
     [count x u8 types]       when flags & TYPES_PRESENT (else every entry is NORMAL)
-    count x u32 data lengths
-    the data of every entry, concatenated
+    msgpack array of the entries' data (bin values), in index order
 """
 
 from __future__ import annotations
@@ -170,7 +169,7 @@ def encode_entries(entries: Sequence[Entry]) -> list[bytes]:
     length and bytes in C too. Per entry, no Python code runs.
     """
     count = len(entries)
-    terms, indexes, types, datas = zip(*entries, strict=True)
+    terms, indexes, types, datas = zip(*entries, strict=False)  # every Entry has 4 fields
     first_index = indexes[0]
     assert indexes[-1] - first_index == count - 1, (
         f"entries {first_index}..{indexes[-1]} are not {count} consecutive indexes"

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        await run_until_signal(Server(options), stop)
+        server = Server(options)
+        await run_until_signal(server, stop)
+        if server.node.refusal is not None:
+            raise StartupError(server.node.refusal)
 
     try:
         asyncio.run(run())

@@ -63,14 +63,17 @@ class Server:
         log.info("node %d serving RESP on %s:%d", options.id, options.listen_host, resp.port)
 
     async def stop(self) -> None:
+        """Stop serving. The node stops before the REST runner drains, so requests
+        still waiting (say, for a quorum) fail at once instead of holding up the
+        shutdown until their timeout."""
         if self.resp is not None:
             resp, self.resp = self.resp, None
             await resp.stop()
+        await self.node.stop()
         if self._runner is not None:
             runner, self._runner = self._runner, None
             with contextlib.suppress(Exception):
                 await runner.cleanup()
-        await self.node.stop()
 
     async def wait_removed(self) -> None:
         await self.node.removed.wait()

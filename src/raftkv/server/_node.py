@@ -83,6 +83,9 @@ class Node:
         self.metrics = Metrics(options.id)
         self.members: dict[int, str] = {}
         self.removed = asyncio.Event()
+        #: Set when the node stops because it learned of its removal from a peer: the
+        #: one line to print before exiting with an error.
+        self.refusal: str | None = None
         self.state_machine = KvStateMachine()
         # Request ids stay unique across restarts of this node: they start from the
         # wall clock in microseconds, which a node never outpaces.
@@ -189,6 +192,7 @@ class Node:
             on_messages=self._on_messages,
             on_unreachable=self._on_unreachable,
             on_snapshot_status=self._on_snapshot_status,
+            on_removed=self._on_removed_by_peer,
         )
         try:
             await self._transport.start()
@@ -206,7 +210,8 @@ class Node:
         self._wake.set()
 
     async def stop(self) -> None:
-        if self._stopping:
+        if self._stopping or not self._tasks:
+            self._stopping = True
             return
         self._stopping = True
         for task in self._tasks:
@@ -654,6 +659,18 @@ class Node:
     def _forget_peer(self, node_id: int) -> None:
         if node_id not in self.members and not self._stopping:
             self._transport.remove_peer(node_id)
+
+    def _on_removed_by_peer(self, peer_id: int) -> None:
+        """A peer refused us as removed: the cluster committed our removal while we
+        were away, so the log entry that says so will never reach us."""
+        if self.removed.is_set():
+            return
+        self.refusal = (
+            f"node {self.id} was removed from the cluster while it was down (peer "
+            f"{peer_id} refused it); its data directory cannot be reused: delete it and "
+            "join again as a new member"
+        )
+        self._on_removed()
 
     def _on_removed(self) -> None:
         log.warning("node %d: removed from the cluster; shutting down", self.id)

@@ -38,6 +38,13 @@ _STATUS_OF: list[tuple[type[errors.RaftkvError], int]] = [
 ]
 
 _ROOT_METHODS = "GET, PUT, POST, DELETE"
+#: The methods of each fixed /v1 path, for the 405 answer to any other method.
+_V1_METHODS = {
+    "/v1/status": "GET",
+    "/v1/members": "GET, POST",
+    "/v1/leader": "POST",
+    "/v1/kv": "GET",
+}
 _KEY_METHODS = "GET, PUT, DELETE"
 
 
@@ -66,7 +73,7 @@ class RestApi:
     def make_app(self) -> web.Application:
         # A body over the cap is refused by aiohttp itself with 413 before it is read.
         app = web.Application(
-            client_max_size=self.max_value_bytes + 1,
+            client_max_size=self.max_value_bytes,
             middlewares=[self._errors_middleware],
         )
         app.router.add_get("/health", self.health)
@@ -200,7 +207,12 @@ class RestApi:
                 f"the value is {request.content_length} bytes; --max-value-bytes is "
                 f"{self.max_value_bytes}"
             )
-        return await request.read()
+        value = await request.read()
+        if len(value) > self.max_value_bytes:  # A chunked body has no Content-Length.
+            raise errors.ValueTooLarge(
+                f"the value is {len(value)} bytes; --max-value-bytes is {self.max_value_bytes}"
+            )
+        return value
 
     async def _put(self, key: bytes, value: bytes) -> bytes | None:
         result: bytes | None = raise_for_result(await self.node.write(encode_put(key, value)))
@@ -266,6 +278,16 @@ class RestApi:
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4"})
 
     async def unknown_v1(self, request: web.Request) -> web.StreamResponse:
+        path = request.path.rstrip("/")
+        allowed = _V1_METHODS.get(path)
+        if allowed is None and path.startswith("/v1/members/"):
+            allowed = "DELETE"
+        if allowed is not None:
+            return web.json_response(
+                {"error": f"method {request.method} is not allowed on {path}"},
+                status=405,
+                headers={"Allow": allowed},
+            )
         return web.json_response({"error": f"no such API path: {request.path}"}, status=404)
 
 

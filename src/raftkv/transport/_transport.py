@@ -98,6 +98,9 @@ class Transport:
       reached; pass it to the core's `report_unreachable`.
     - `on_snapshot_status(peer_id, ok)`: a snapshot message was fully written (True) or
       failed (False); pass it to the core's `report_snapshot`.
+    - `on_removed(peer_id)` (optional): that peer refused our handshake because it has
+      removed this node from the cluster (a node removed while it was down learns it
+      this way, since no peer sends it the log entry of its removal).
 
     Errors: `start()` raises `ListenError` when it cannot listen; bad ids raise
     ValueError; calling `start()` twice raises `TransportError`. Nothing a peer sends
@@ -117,6 +120,7 @@ class Transport:
         *,
         config: TransportConfig | None = None,
         rng: random.Random | None = None,
+        on_removed: Callable[[int], None] | None = None,
     ) -> None:
         if not 1 <= node_id < _UINT64_LIMIT:
             raise ValueError(f"node_id must be a positive 64-bit integer, got {node_id}")
@@ -130,6 +134,7 @@ class Transport:
         self._on_messages = on_messages
         self._on_unreachable = on_unreachable
         self._on_snapshot_status = on_snapshot_status
+        self._on_removed = on_removed
         self._rng = rng if rng is not None else random.Random()
         self._stats = TransportStats()
         self._peers: dict[int, _Peer] = {}
@@ -289,7 +294,9 @@ class Transport:
         if hello.receiver_id != self._node_id:
             return HandshakeStatus.WRONG_NODE
         sender = hello.sender_id
-        if sender == 0 or sender == self._node_id or sender in self._removed:
+        if sender in self._removed:
+            return HandshakeStatus.REMOVED_SENDER
+        if sender == 0 or sender == self._node_id:
             return HandshakeStatus.REJECTED_SENDER
         return HandshakeStatus.OK
 
@@ -305,6 +312,10 @@ class Transport:
         if self._loop is None:
             return  # not started: the host has nothing to be told yet
         self._loop.call_soon(self._run_callback, self._on_unreachable, peer_id)
+
+    def _report_removed(self, peer_id: int) -> None:
+        if self._on_removed is not None and self._loop is not None and not self._closed:
+            self._loop.call_soon(self._run_callback, self._on_removed, peer_id)
 
     def _report_snapshot(self, peer_id: int, ok: bool) -> None:
         if ok:
@@ -591,6 +602,8 @@ class _Peer:
             return None, link.failure or "the connection closed during the handshake"
         if status is not HandshakeStatus.OK:
             link.abort()
+            if status is HandshakeStatus.REMOVED_SENDER:
+                self.owner._report_removed(self.id)
             return None, f"it refused our handshake: {status.describe()}"
         return link, ""
 

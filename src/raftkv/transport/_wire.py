@@ -72,6 +72,8 @@ class HandshakeStatus(enum.IntEnum):
     WRONG_CLUSTER = 2
     WRONG_NODE = 3
     REJECTED_SENDER = 4
+    #: The sender was removed from the cluster (the listener applied its removal).
+    REMOVED_SENDER = 5
 
     def describe(self) -> str:
         return _STATUS_TEXT[self]
@@ -82,7 +84,8 @@ _STATUS_TEXT: Final = {
     HandshakeStatus.BAD_VERSION: "unsupported protocol version",
     HandshakeStatus.WRONG_CLUSTER: "cluster id mismatch (the nodes belong to different clusters)",
     HandshakeStatus.WRONG_NODE: "that address belongs to another node id (check --cluster)",
-    HandshakeStatus.REJECTED_SENDER: "our node id is not accepted there (removed, or its own id)",
+    HandshakeStatus.REJECTED_SENDER: "our node id is not accepted there (it is its own id)",
+    HandshakeStatus.REMOVED_SENDER: "this node was removed from the cluster",
 }
 
 

@@ -728,7 +728,7 @@ class Node:
 
 
 def _serialize_snapshot(
-    members: dict[int, str], applied_requests: list[tuple[int, int, int]], frozen: KvSnapshot
+    members: dict[int, str], applied_requests: list[Any], frozen: KvSnapshot
 ) -> bytes:
     data: bytes = msgpack.packb([members, applied_requests, frozen.to_bytes()], use_bin_type=True)
     return data

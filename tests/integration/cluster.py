@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 HOST = "127.0.0.1"
@@ -61,6 +63,44 @@ def request(
         connection.close()
 
 
+def run_to_exit_concurrently(
+    commands: dict[str, list[str]], cwd: Path, timeout: float = 30.0
+) -> dict[str, subprocess.CompletedProcess[str]]:
+    """Run commands side by side until each exits by itself, capturing their output
+    (for startup refusals: one process start costs seconds on a small machine). A
+    command still running after `timeout` is killed (and says so on its stderr)."""
+    processes = {
+        name: subprocess.Popen(
+            args,
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for name, args in commands.items()
+    }
+    results = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for name, process in processes.items():
+            try:
+                stdout, stderr = process.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                stderr += f"\n(still running after {timeout} s: killed)"
+            results[name] = subprocess.CompletedProcess(
+                commands[name], process.returncode, stdout, stderr
+            )
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    return results
+
+
 @dataclass
 class Member:
     node_id: int
@@ -70,6 +110,8 @@ class Member:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: The RESP API's port; None leaves the API off (`--rpc-port 0`).
+    rpc_port: int | None = None
 
     @property
     def running(self) -> bool:
@@ -114,7 +156,7 @@ class Cluster:
             "--port",
             str(member.port),
             "--rpc-port",
-            "0",
+            str(member.rpc_port or 0),
             "--data-dir",
             str(member.data_dir),
             "--tick-ms",
@@ -168,19 +210,20 @@ class Cluster:
         while time.monotonic() < deadline:
             for node_id in among:
                 with contextlib.suppress(OSError):
-                    if request(self.members[node_id].port, "GET", "/health", timeout=2).status == 200:
+                    if (
+                        request(self.members[node_id].port, "GET", "/health", timeout=2).status
+                        == 200
+                    ):
                         status = self.status(node_id)
                         if status["leader"]:
                             return int(status["leader"])
             time.sleep(0.1)
         raise AssertionError("no leader elected in time")
 
-    def status(self, node_id: int) -> dict[str, object]:
-        import json
-
+    def status(self, node_id: int) -> dict[str, Any]:
         reply = request(self.members[node_id].port, "GET", "/v1/status")
         assert reply.status == 200, reply
-        result: dict[str, object] = json.loads(reply.body)
+        result: dict[str, Any] = json.loads(reply.body)
         return result
 
     def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
@@ -200,11 +243,127 @@ class Cluster:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
 
+    def stop(self, node_id: int, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        """Send `sig` (resuming the node first if it is paused) and return its exit
+        code. A node still running after `timeout` is killed and the test fails."""
+        member = self.members[node_id]
+        process = member.process
+        assert process is not None, f"node {node_id} was never started"
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+                process.send_signal(signal.SIGCONT)
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+                raise AssertionError(
+                    f"node {node_id} did not exit within {timeout} s of signal {sig}:\n"
+                    f"{self.log(node_id)}"
+                ) from None
+        return process.returncode
+
+    def pause(self, node_id: int) -> None:
+        """Freeze a node (SIGSTOP): it neither answers nor times anything out."""
+        process = self.members[node_id].process
+        assert process is not None and process.poll() is None, f"node {node_id} is not running"
+        process.send_signal(signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        process = self.members[node_id].process
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)
+
+    def wait_exit(self, node_id: int, timeout: float = 20.0) -> int:
+        """Wait for a node to exit by itself; returns its exit code."""
+        process = self.members[node_id].process
+        assert process is not None, f"node {node_id} was never started"
+        try:
+            return process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"node {node_id} still runs after {timeout} s:\n{self.log(node_id)}"
+            ) from None
+
+    def run_to_exit(
+        self, node_id: int, args: list[str] | None = None, timeout: float = 30.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a node in the foreground until it exits by itself, capturing its output:
+        for startup refusals. `args` replaces the usual command line when given."""
+        return subprocess.run(
+            args if args is not None else self.args_for(node_id),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            check=False,
+        )
+
+    def leader_by_role(self, timeout: float = 20.0, among: list[int] | None = None) -> int:
+        """The node that says it leads. Unlike `wait_leader` (the leader some node
+        believes in), this is not stale just after an election."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for node_id in among or list(self.members):
+                if self.members[node_id].running:
+                    with contextlib.suppress(OSError, AssertionError):
+                        if self.status(node_id)["role"] == "leader":
+                            return node_id
+            time.sleep(0.05)
+        raise AssertionError("no node leads")
+
+    def enable_resp(self) -> None:
+        """Give every member a free RESP port (before it starts)."""
+        for member in self.members.values():
+            if member.rpc_port is None:
+                (member.rpc_port,) = free_ports(1)
+
+    def scan(
+        self, node_id: int, prefix: str = "", consistency: str = "linearizable"
+    ) -> dict[str, str]:
+        """Every key under `prefix` with its value, read from one node."""
+        query = f"/v1/kv?prefix={quote(prefix)}&limit=100000&consistency={consistency}"
+        reply = request(self.members[node_id].port, "GET", query, timeout=30)
+        assert reply.status == 200, reply
+        page = json.loads(reply.body)
+        assert not page["more"], "more than 100000 keys"
+        return {item["key"]: item["value"] for item in page["kvs"]}
+
+    def wait_applied(self, node_id: int, index: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Wait until a node has applied `index`; returns its status then."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] | str = "never answered"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, AssertionError):
+                status = self.status(node_id)
+                if status["applied"] >= index:
+                    return status
+            time.sleep(0.1)
+        raise AssertionError(f"node {node_id} did not apply {index} in time: {status}")
+
+    def wait_snapshot_past(self, node_id: int, index: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until a node has a snapshot beyond `index`; returns its status then."""
+        deadline = time.monotonic() + timeout
+        status: dict[str, Any] | str = "never answered"
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, AssertionError):
+                status = self.status(node_id)
+                if status["snapshot_index"] > index:
+                    return status
+            time.sleep(0.1)
+        raise AssertionError(f"node {node_id} took no snapshot past {index} in time: {status}")
+
     def log(self, node_id: int) -> str:
         path = self.members[node_id].log_path
         if not path.exists():
             return ""
-        lines = [line for line in path.read_text(errors="replace").splitlines() if "refused a peer" not in line]
+        lines = [
+            line
+            for line in path.read_text(errors="replace").splitlines()
+            if "refused a peer" not in line
+        ]
         return "\n".join(lines[-60:])
 
     # --- REST helpers ------------------------------------------------------------------

@@ -3,9 +3,9 @@
 Fills a `KvStateMachine` through `apply` (16-byte keys, 100-byte values), then times
 what a node pays to snapshot and restore it: `freeze()` (runs on the event loop, so
 it is a stall), serialising the frozen view (on a thread), the longest time the
-event loop waited while that thread ran, decoding and installing a snapshot, and the
-first and a later prefix scan (the sorted key index). Prints a table, then one JSON
-line with the same figures.
+event loop waited while that thread ran, folding back the writes made while a view
+was out, decoding and installing a snapshot, and the first and a later prefix scan
+(the sorted key index). Prints a table, then one JSON line with the same figures.
 
     python3 bench/kv_snapshot_bench.py            # 1,000,000 keys
     python3 bench/kv_snapshot_bench.py --quick    # 100,000 keys
@@ -27,6 +27,7 @@ from raftkv.kv import KvSnapshot, KvStateMachine, encode_batch, encode_put
 T = TypeVar("T")
 VALUE_BYTES = 100
 BATCH_COMMANDS = 1000
+OVERLAY_WRITES = 100_000
 
 
 def timed(action: Callable[[], T]) -> tuple[T, float]:
@@ -85,6 +86,29 @@ async def snapshot_on_a_thread(machine: KvStateMachine) -> tuple[bytes, float, f
     return data, freeze_ms, longest_wait_ms
 
 
+def overlay_fold_ms(machine: KvStateMachine, writes: int) -> tuple[float, int]:
+    """Apply `writes` puts while a view is out, release it, then apply no-ops until
+    the overlay is folded back. Returns the longest of those applies and how many
+    it took."""
+    view = machine.freeze()
+    value = os.urandom(VALUE_BYTES)
+    index = machine.applied_index
+    rng = random.Random(2)
+    for _ in range(writes):
+        index += 1
+        machine.apply(index, encode_put(b"%016x" % rng.getrandbits(64), value))
+    view.release()
+    longest_ms = 0.0
+    applies = 0
+    while machine.folding:
+        index += 1
+        applies += 1
+        start = time.perf_counter()
+        machine.apply(index, b"")
+        longest_ms = max(longest_ms, (time.perf_counter() - start) * 1000)
+    return longest_ms, applies
+
+
 def longest_chunk_ms(snapshot: KvSnapshot) -> float:
     longest = 0.0
     chunks = snapshot.chunks()
@@ -110,6 +134,7 @@ def main() -> None:
         machine.apply(index + 1 + i, encode_put(b"8%015d" % i, b"x"))
     _, later_scan_ms = timed(lambda: machine.scan(b"8", limit=100))
 
+    freeze_samples_ms = sorted(timed(machine.freeze)[1] for _ in range(5))
     _, serialise_ms = timed(lambda: machine.freeze().to_bytes())
     chunk_ms = longest_chunk_ms(machine.freeze())
     data, freeze_ms, loop_stall_ms = asyncio.run(snapshot_on_a_thread(machine))
@@ -118,17 +143,23 @@ def main() -> None:
     _, install_ms = timed(lambda: restored.install(decoded))
     assert len(restored) == len(machine)
     _, restore_ms = timed(lambda: KvStateMachine().restore(data))
+    keys_in_snapshot = len(machine)
+    fold_ms, fold_applies = overlay_fold_ms(machine, OVERLAY_WRITES)
 
     figures = {
-        "keys": len(machine),
+        "keys": keys_in_snapshot,
         "snapshot_mb": round(len(data) / 1e6, 1),
         "apply_single_put_per_s": round(single_rate),
         "apply_batched_put_per_s": round(batched_rate),
         "fill_ms": round(fill_ms),
-        "freeze_ms": round(freeze_ms, 1),
+        "freeze_median_ms": round(freeze_samples_ms[2], 3),
+        "freeze_max_ms": round(freeze_samples_ms[-1], 3),
+        "freeze_in_snapshot_run_ms": round(freeze_ms, 3),
         "serialise_ms": round(serialise_ms, 1),
         "longest_chunk_ms": round(chunk_ms, 1),
         "loop_stall_during_snapshot_ms": round(loop_stall_ms, 1),
+        "overlay_fold_longest_apply_ms": round(fold_ms, 1),
+        "overlay_fold_applies": fold_applies,
         "decode_ms": round(decode_ms, 1),
         "install_ms": round(install_ms, 3),
         "restore_ms": round(restore_ms, 1),
@@ -141,10 +172,16 @@ def main() -> None:
         "apply_single_put_per_s": "apply, one put per entry (entries/s)",
         "apply_batched_put_per_s": f"apply, {BATCH_COMMANDS} puts per entry (puts/s)",
         "fill_ms": "fill (ms)",
-        "freeze_ms": "freeze(), on the loop (ms)",
+        "freeze_median_ms": "freeze(), on the loop, median of 5 (ms)",
+        "freeze_max_ms": "freeze(), on the loop, max of 5 (ms)",
+        "freeze_in_snapshot_run_ms": "freeze() in the threaded snapshot run (ms)",
         "serialise_ms": "freeze + to_bytes, one thread (ms)",
         "longest_chunk_ms": "longest single chunk (GIL held, ms)",
         "loop_stall_during_snapshot_ms": "longest loop stall, freeze + threaded serialise (ms)",
+        "overlay_fold_longest_apply_ms": (
+            f"longest apply folding {OVERLAY_WRITES:,} writes made during a view (ms)"
+        ),
+        "overlay_fold_applies": "applies it took to fold them all",
         "decode_ms": "KvSnapshot.from_bytes (ms)",
         "install_ms": "install (ms)",
         "restore_ms": "restore = decode + install (ms)",

@@ -1,5 +1,6 @@
 """Snapshots: round trips, frozen views, chunking, bad input, determinism."""
 
+import random
 import threading
 
 import msgpack
@@ -114,14 +115,83 @@ def test_chunking_does_not_change_the_state(chunk_keys: int) -> None:
     assert state_of(restored) == state_of(apply.machine)
 
 
-def test_install_takes_over_the_snapshot() -> None:
+def test_install_takes_over_a_decoded_snapshot() -> None:
     apply = populated(10)
-    frozen = apply.machine.freeze()
+    decoded = KvSnapshot.from_bytes(apply.machine.snapshot())
     other = KvStateMachine()
-    other.install(frozen)
+    other.install(decoded)
     assert state_of(other) == state_of(apply.machine)
     with pytest.raises(AssertionError, match="installed"):
-        frozen.to_bytes()
+        decoded.to_bytes()
+
+
+def test_install_copies_a_view() -> None:
+    apply = populated(10)
+    view = apply.machine.freeze()
+    other = KvStateMachine()
+    other.install(view)
+    other.apply(other.applied_index + 1, encode_put(b"key00000", b"other"))
+    apply(encode_put(b"key00001", b"mine"))
+    assert other.get(b"key00001") == b"value1"
+    assert apply.machine.get(b"key00000") == b"value0"
+
+
+def test_reads_and_writes_during_a_view_see_the_live_state() -> None:
+    apply = populated(10)
+    view = apply.machine.freeze()
+    apply(encode_put(b"key00000", b"new"))
+    apply(encode_delete(b"key00001"))
+    apply(encode_put(b"fresh", b"1"))
+    apply(encode_delete(b"fresh"))
+    apply(encode_put(b"fresh2", b"2"))
+    machine = apply.machine
+    assert machine.get(b"key00000") == b"new"
+    assert machine.get(b"key00001") is None and b"key00001" not in machine
+    assert machine.get(b"fresh") is None and machine.get(b"fresh2") == b"2"
+    assert len(machine) == 10 + 1 - 1 - 1 + 1
+    assert machine.mod_revision(b"fresh2") == machine.revision
+    keys = [key for key, _ in machine.scan(b"key0000")]
+    assert b"key00001" not in keys and b"key00000" in keys
+    assert len(view) == 10, "the view still holds the frozen map"
+
+
+def test_view_serialises_the_frozen_state_and_the_overlay_folds_back() -> None:
+    apply = populated(10)
+    expected = apply.machine.snapshot()
+    view = apply.machine.freeze()
+    apply(encode_put(b"key00000", b"new"))
+    apply(encode_delete(b"key00001"))
+    apply(encode_put(b"fresh", b"1"))
+    live = state_of(apply.machine)
+    assert view.to_bytes() == expected
+    apply(encode_noop())  # folds the overlay into the map
+    assert state_of(apply.machine)[1:] == live[1:]
+    with pytest.raises(AssertionError, match="released"):
+        view.to_bytes()
+
+
+def test_a_second_view_while_the_first_is_out_gets_its_own_copy() -> None:
+    apply = populated(10)
+    first_expected = apply.machine.snapshot()
+    first = apply.machine.freeze()
+    apply(encode_put(b"key00000", b"new"))
+    second_expected_state = state_of(apply.machine)
+    second = apply.machine.freeze()
+    apply(encode_put(b"key00000", b"newer"))
+    assert first.to_bytes() == first_expected
+    restored = KvStateMachine()
+    restored.restore(second.to_bytes())
+    assert state_of(restored)[1:] == second_expected_state[1:]
+
+
+def test_a_dropped_view_is_released() -> None:
+    apply = populated(10)
+    apply.machine.freeze()  # dropped at once
+    apply(encode_put(b"key00000", b"new"))
+    apply(encode_noop())
+    assert apply.machine._view is None, "the overlay was folded back into the map"
+    view = apply.machine.freeze()
+    assert KvSnapshot.from_bytes(view.to_bytes()).revision == apply.machine.revision
 
 
 def snapshot_with_header(header: list[object], *chunks: object) -> bytes:
@@ -196,18 +266,61 @@ def entries(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(entries(), max_size=40), st.integers(0, 40))
+@given(st.lists(entries(), max_size=40), st.integers(0, 40), st.integers(0, 10))
 def test_replicas_agree_including_one_restored_from_a_snapshot(
-    log: list[bytes], snapshot_at: int
+    log: list[bytes], snapshot_at: int, release_after: int
 ) -> None:
     config = KvConfig(session_ttl_ms=1500, max_sessions=3, session_results_kept=2)
     first, second = KvStateMachine(config), KvStateMachine(config)
+    view = None
     for index, data in enumerate(log, start=1):
         result = first.apply(index, data)
         if index == snapshot_at:
             second = KvStateMachine(config)
             second.restore(first.snapshot())
+            # Keep a view out on the first replica for a while: applying under it
+            # must not change any result or the state.
+            view, view_state = first.freeze(), state_of(first)
         else:
             assert second.apply(index, data) == result
-    assert first.snapshot() == second.snapshot()
+        if view is not None and index == snapshot_at + release_after:
+            restored = KvStateMachine(config)
+            restored.restore(view.to_bytes())
+            assert state_of(restored) == view_state
     assert state_of(first) == state_of(second)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_views_never_change_what_the_machine_holds(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Fold two keys per apply so that writes also land while an overlay is being
+    # folded back, and take views at random moments against a machine that never does.
+    monkeypatch.setattr(KvStateMachine, "_FOLD_PER_APPLY", 2)
+    rng = random.Random(seed)
+    plain, viewed = KvStateMachine(), KvStateMachine()
+    views: list[tuple[KvSnapshot, bytes]] = []
+    for index in range(1, 400):
+        key = b"k%d" % rng.randrange(30)
+        data = rng.choice(
+            [
+                encode_put(key, b"%d" % index),
+                encode_delete(key),
+                encode_append(key, b"+"),
+                encode_cas(key, None, b"new"),
+            ]
+        )
+        assert viewed.apply(index, data) == plain.apply(index, data)
+        assert len(viewed) == len(plain)
+        assert viewed.get(key) == plain.get(key)
+        if rng.random() < 0.1:
+            views.append((viewed.freeze(), plain.snapshot()))
+        if views and rng.random() < 0.1:
+            view, expected = views.pop(rng.randrange(len(views)))
+            restored, reference = KvStateMachine(), KvStateMachine()
+            restored.restore(view.to_bytes())
+            reference.restore(expected)
+            assert state_of(restored) == state_of(reference)
+        if rng.random() < 0.05:
+            assert viewed.scan(b"k1") == plain.scan(b"k1")
+    assert state_of(viewed) == state_of(plain)

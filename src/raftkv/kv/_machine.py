@@ -12,8 +12,9 @@ but `applied_index`.
 
 State and its invariants:
 
-- `_entries[key] = (value, mod_revision)`. One dict rather than two keeps `freeze()`
-  to a single `dict.copy()`. Invariant: 0 < mod_revision <= revision.
+- `_entries[key] = (value, mod_revision)`, one dict so that a lookup is one probe.
+  Invariant: 0 < mod_revision <= revision. While a snapshot view borrows it, writes
+  go to `_overlay` instead (see Snapshots).
 - `_revision` grows by one for each command that changed the map (a put that wrote,
   a delete of an existing key, a successful cas that changed something, an append,
   a successful incr); each command of a batch counts on its own.
@@ -33,18 +34,20 @@ Sessions idle for longer than `session_ttl_ms` of log time are dropped when a
 stamped entry advances the log time, and the least recently used one is evicted when
 a new registration would exceed `max_sessions`.
 
-Snapshots: `freeze()` copies the map (one `dict.copy()`: keys and values are
-immutable, so a shallow copy is a true snapshot) and the small session table into a
-`KvSnapshot`, which a thread may serialise while `apply` continues. The copy is the
-only part that stalls the caller: 40-60 ms per million keys on a quiet two-core
-machine (bench/kv_snapshot_bench.py). Serialisation runs in chunks of at most
-`SNAPSHOT_CHUNK_KEYS` keys, each one short call into msgpack's C code (about 15-30
-ms), so a serialising thread hands the GIL back to the event loop between chunks
-instead of holding it for the whole map (0.4-0.9 s per million keys). Restoring goes
-the other way: `KvSnapshot.from_bytes` (on a thread, chunk by chunk) then `install`,
-which only swaps references. A host that prefers a forked child may call
-`snapshot()` in the child instead: the fork's copy-on-write pages make the copy
-unnecessary there.
+Snapshots are copy-on-write. `freeze()` returns a `KvSnapshot` view that borrows the
+map itself; until the view is released (serialising it does that) the machine leaves
+the map untouched and sends writes to an overlay that reads consult first, then
+folds the overlay back in over its next applies (one dict store per key written
+meanwhile, about a thousand per apply). Freezing therefore costs only a copy of the
+session table, where a `dict.copy()` of the map would stall the caller 55-140 ms per
+million keys on this two-core machine (bench/kv_snapshot_bench.py). A thread
+serialises the view in chunks of at most `SNAPSHOT_CHUNK_KEYS` keys, each one short
+call into msgpack's C code (2-10 ms), so it hands the GIL back to the event loop
+between chunks instead of holding it for the whole map. Restoring goes the other
+way: `KvSnapshot.from_bytes` (on a thread, chunk by chunk) then `install`, which
+only swaps references. Iteration order of the map is not part of the state (a key
+deleted and re-added during a view keeps its old place), so two replicas' snapshot
+bytes may list keys in different orders while holding the same map.
 
 Prefix scans use a sorted list of the keys that the first scan builds (a full sort,
 O(n log n): about 1.4 s for a million random 16-byte keys, paid once per process
@@ -65,8 +68,9 @@ import bisect
 import heapq
 import io
 import itertools
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,9 +104,9 @@ from ._commands import (
 
 #: The snapshot format version written first in every snapshot.
 SNAPSHOT_FORMAT = 1
-#: Keys per serialised chunk: about 5 ms of msgpack work for 100-byte values, the
+#: Keys per serialised chunk: a few ms of msgpack work for 100-byte values, the
 #: longest the serialising thread holds the GIL at a time.
-SNAPSHOT_CHUNK_KEYS = 32768
+SNAPSHOT_CHUNK_KEYS = 8192
 
 _NOT_AN_INTEGER = CommandError(ErrorCode.NOT_AN_INTEGER, "value is not an integer or out of range")
 _OVERFLOW = CommandError(ErrorCode.OVERFLOW, "increment or decrement would overflow")
@@ -206,10 +210,10 @@ class _SortedKeys:
             if len(self._removed) > max(len(self._keys) // 2, 4096):
                 self.reset()
 
-    def _sorted(self, entries: dict[bytes, Any]) -> list[bytes]:
+    def _sorted(self, live_keys: Callable[[], Iterable[bytes]]) -> list[bytes]:
         keys = self._keys
         if keys is None:
-            keys = self._keys = sorted(entries)
+            keys = self._keys = sorted(live_keys())
         elif len(self._added) + len(self._removed) > max(len(keys) // 16, 256):
             if self._removed:
                 removed = self._removed
@@ -222,10 +226,15 @@ class _SortedKeys:
         return keys
 
     def range(
-        self, entries: dict[bytes, Any], prefix: bytes, start_after: bytes | None, limit: int
+        self,
+        live_keys: Callable[[], Iterable[bytes]],
+        prefix: bytes,
+        start_after: bytes | None,
+        limit: int,
     ) -> list[bytes]:
-        """Up to `limit` keys that start with `prefix` and sort after `start_after`."""
-        keys = self._sorted(entries)
+        """Up to `limit` keys that start with `prefix` and sort after `start_after`;
+        `live_keys` lists the map's keys, for building the index."""
+        keys = self._sorted(live_keys)
         if start_after is not None and start_after >= prefix:
             position = bisect.bisect_right(keys, start_after)
             low = start_after
@@ -252,11 +261,16 @@ class _SortedKeys:
 
 
 class KvSnapshot:
-    """A frozen copy of the state machine, safe to serialise on another thread.
+    """A frozen state of the state machine, safe to serialise on another thread.
 
-    Produced by `KvStateMachine.freeze()` or `KvSnapshot.from_bytes()`; consumed by
-    `KvStateMachine.install()`, which takes over its map (after which this object
-    must not be used).
+    From `KvStateMachine.freeze()` it is a view: it borrows the machine's map, which
+    the machine leaves untouched (diverting writes to an overlay) until the view is
+    released. Serialising it (`chunks()` to the end, or `to_bytes()`) releases it;
+    so do `release()` and dropping the last reference to it. A view serialises
+    once.
+
+    From `KvSnapshot.from_bytes()` it owns its map, and `KvStateMachine.install()`
+    takes the map over (after which this object must not be used).
 
     Wire format: a stream of msgpack objects. The first is a bin holding the header
     array `[format, applied_index, revision, log_time_ms, next_client_id,
@@ -267,7 +281,11 @@ class KvSnapshot:
     """
 
     __slots__ = (
+        "__weakref__",
+        "_borrowed",
         "_entries",
+        "_key_count",
+        "_released",
         "applied_index",
         "log_time_ms",
         "next_client_id",
@@ -283,25 +301,46 @@ class KvSnapshot:
         next_client_id: int,
         entries: dict[bytes, tuple[bytes, int]],
         sessions: tuple[tuple[int, int, int, tuple[tuple[int, Result], ...]], ...],
+        borrowed: bool = False,
     ) -> None:
         self.applied_index = applied_index
         self.revision = revision
         self.log_time_ms = log_time_ms
         self.next_client_id = next_client_id
         self._entries: dict[bytes, tuple[bytes, int]] | None = entries
+        self._key_count = len(entries)
+        self._borrowed = borrowed
+        self._released = False
         self.sessions = sessions
 
     def __len__(self) -> int:
-        return len(self._owned_entries())
+        return self._key_count
 
-    def _owned_entries(self) -> dict[bytes, tuple[bytes, int]]:
+    def release(self) -> None:
+        """Done with this view: the machine may fold its overlay back into its map
+        (it does so on its own thread, at its next `apply` or `freeze`)."""
+        self._released = True
+
+    def _readable_entries(self) -> dict[bytes, tuple[bytes, int]]:
         assert self._entries is not None, "this snapshot was installed into a state machine"
+        assert not (self._borrowed and self._released), "a released view cannot be read"
         return self._entries
 
     def chunks(self, chunk_keys: int = SNAPSHOT_CHUNK_KEYS) -> Iterator[bytes]:
         """The serialised snapshot, piece by piece: write each to a file as it comes,
-        or join them. Each piece is one short call into msgpack's C code."""
-        entries = self._owned_entries()
+        or join them. Each piece is one short call into msgpack's C code. Running
+        to the end (or closing the iterator) releases a view."""
+        entries = self._readable_entries()
+        try:
+            yield from self._serialise(entries, chunk_keys)
+        finally:
+            if self._borrowed:
+                self._released = True
+
+    def _serialise(
+        self, entries: dict[bytes, tuple[bytes, int]], chunk_keys: int
+    ) -> Iterator[bytes]:
+        assert len(entries) == self._key_count, "a borrowed map changed under its view"
         header = [
             SNAPSHOT_FORMAT,
             self.applied_index,
@@ -410,10 +449,24 @@ def _decode_sessions(
 class KvStateMachine:
     """The replicated map. See the module docstring for the theory of operation."""
 
+    # Overlay keys folded back into the map per apply once a view is released:
+    # well under a millisecond of work, so folding a million writes takes about a
+    # thousand applies instead of one long stall.
+    _FOLD_PER_APPLY = 1024
+
     def __init__(self, config: KvConfig | None = None) -> None:
         self._config = config if config is not None else KvConfig()
         self._config.validate()
+        # The map. While a view from freeze() borrows it, it stays as it was and
+        # writes go to _overlay (None marking a deleted key) instead; after the
+        # view is released, the overlay is folded back in a slice per apply.
+        # Invariant: _overlay is not None while _view is not None; a key in the
+        # overlay shadows the map.
         self._entries: dict[bytes, tuple[bytes, int]] = {}
+        self._overlay: dict[bytes, tuple[bytes, int] | None] | None = None
+        # A weak reference, so that a view nobody holds any more counts as released.
+        self._view: weakref.ref[KvSnapshot] | None = None
+        self._count = 0  # invariant: the number of live keys
         self._revision = 0
         # invariant: applied_index only grows, one call to apply() at a time.
         self._applied_index = 0
@@ -454,6 +507,12 @@ class KvStateMachine:
         return self._log_time_ms
 
     @property
+    def folding(self) -> bool:
+        """Whether writes made during a snapshot view are still kept apart from the
+        map (the view is out, or its overlay is not folded back yet)."""
+        return self._overlay is not None
+
+    @property
     def session_count(self) -> int:
         return len(self._sessions)
 
@@ -461,23 +520,38 @@ class KvStateMachine:
         return client_id in self._sessions
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._count
 
     def __contains__(self, key: bytes) -> bool:
-        return key in self._entries
+        return self._lookup(key) is not None
 
     def get(self, key: bytes) -> bytes | None:
-        entry = self._entries.get(key)
+        entry = self._entries.get(key) if self._overlay is None else self._lookup(key)
         return None if entry is None else entry[0]
 
     def get_with_revision(self, key: bytes) -> tuple[bytes, int] | None:
         """The value and mod revision of `key`, or None if it is absent."""
-        return self._entries.get(key)
+        return self._lookup(key)
 
     def mod_revision(self, key: bytes) -> int:
         """The revision of the last write to `key`, 0 if it is absent."""
-        entry = self._entries.get(key)
+        entry = self._lookup(key)
         return 0 if entry is None else entry[1]
+
+    def _lookup(self, key: bytes) -> tuple[bytes, int] | None:
+        overlay = self._overlay
+        if overlay is not None and key in overlay:
+            return overlay[key]
+        return self._entries.get(key)
+
+    def _live_keys(self) -> Iterable[bytes]:
+        overlay = self._overlay
+        if overlay is None:
+            return self._entries.keys()
+        return itertools.chain(
+            (key for key in self._entries if key not in overlay),
+            (key for key, entry in overlay.items() if entry is not None),
+        )
 
     def scan(
         self, prefix: bytes = b"", limit: int | None = None, start_after: bytes | None = None
@@ -488,10 +562,12 @@ class KvStateMachine:
         if limit is not None and limit <= 0:
             return []
         keys = self._sorted_keys.range(
-            self._entries, prefix, start_after, len(self._entries) if limit is None else limit
+            self._live_keys, prefix, start_after, self._count if limit is None else limit
         )
-        entries = self._entries
-        return [(key, entries[key][0]) for key in keys]
+        if self._overlay is None:
+            entries = self._entries
+            return [(key, entries[key][0]) for key in keys]
+        return [(key, self._lookup(key)[0]) for key in keys]  # type: ignore[index]
 
     # ------------------------------------------------------------------ apply
 
@@ -507,6 +583,8 @@ class KvStateMachine:
             f"entry {index} applied after entry {self._applied_index}: the host must "
             "apply each committed entry once, in log order"
         )
+        if self._overlay is not None:
+            self._settle_view()
         self._applied_index = index
         if not data:
             return None
@@ -597,8 +675,17 @@ class KvStateMachine:
     def _write(self, key: bytes, value: bytes, existed: bool) -> int:
         if not existed:
             self._sorted_keys.note_insert(key)
+            self._count += 1
         self._revision += 1
-        self._entries[key] = (value, self._revision)
+        entry = (value, self._revision)
+        overlay = self._overlay
+        if overlay is None:
+            self._entries[key] = entry
+        elif self._view is not None:
+            overlay[key] = entry
+        else:  # folding the overlay back: the map is ours again
+            overlay.pop(key, None)
+            self._entries[key] = entry
         return self._revision
 
     def _too_large(self, size: int) -> CommandError:
@@ -610,7 +697,7 @@ class KvStateMachine:
     def _put(self, command: Put) -> Result:
         if len(command.value) > self._config.max_value_bytes:
             return self._too_large(len(command.value))
-        old = self._entries.get(command.key)
+        old = self._lookup(command.key)
         if old is None:
             if command.condition is PutCondition.IF_PRESENT:
                 return None
@@ -622,22 +709,33 @@ class KvStateMachine:
         return old[0]
 
     def _delete(self, command: Delete) -> bytes | None:
-        old = self._entries.pop(command.key, None)
+        key = command.key
+        overlay = self._overlay
+        if overlay is None:
+            old = self._entries.pop(key, None)
+        else:
+            old = self._lookup(key)
+            if old is not None and self._view is not None:
+                overlay[key] = None
+            elif old is not None:
+                overlay.pop(key, None)
+                self._entries.pop(key, None)
         if old is None:
             return None
-        self._sorted_keys.note_remove(command.key)
+        self._sorted_keys.note_remove(key)
+        self._count -= 1
         self._revision += 1
         return old[0]
 
     def _cas(self, command: Cas) -> Result:
-        old = self._entries.get(command.key)
+        old = self._lookup(command.key)
         current = None if old is None else old[0]
         if current != command.expected:
             return CasResult(False, current, 0 if old is None else old[1])
         return self._swap(command.key, old, command.value)
 
     def _cas_revision(self, command: CasRevision) -> Result:
-        old = self._entries.get(command.key)
+        old = self._lookup(command.key)
         current_revision = 0 if old is None else old[1]
         if current_revision != command.expected_revision:
             return CasResult(False, None if old is None else old[0], current_revision)
@@ -653,7 +751,7 @@ class KvStateMachine:
         return CasResult(True, value, self._write(key, value, existed=old is not None))
 
     def _append(self, command: Append) -> Result:
-        old = self._entries.get(command.key)
+        old = self._lookup(command.key)
         value = command.suffix if old is None else old[0] + command.suffix
         if len(value) > self._config.max_value_bytes:
             return self._too_large(len(value))
@@ -661,7 +759,7 @@ class KvStateMachine:
         return len(value)
 
     def _incr(self, command: Incr) -> Result:
-        old = self._entries.get(command.key)
+        old = self._lookup(command.key)
         if old is None:
             current = 0
         else:
@@ -678,32 +776,82 @@ class KvStateMachine:
     # ------------------------------------------------------------------ snapshots
 
     def freeze(self) -> KvSnapshot:
-        """A copy of the current state that another thread may serialise while
-        `apply` goes on. Costs one `dict.copy()` of the map (shallow: keys and
-        values are immutable) plus a copy of the session table."""
+        """A frozen state that another thread may serialise while `apply` goes on.
+
+        Copy-on-write: the snapshot borrows the map as it is, and until the snapshot
+        is released the machine leaves the map alone and records writes in an
+        overlay, which it folds back in afterwards (one dict update per key written
+        meanwhile). So freezing costs a copy of the small session table only, and
+        nothing per key. If an earlier view is still out, this one gets its own
+        copy of the map instead (O(n)).
+        """
+        self._settle_view(fold_everything=True)
         sessions = tuple(
             (client_id, record.last_seq, record.last_active_ms, tuple(record.results.items()))
             for client_id, record in self._sessions.items()
         )
-        return KvSnapshot(
+        borrowed = self._view is None
+        entries = self._entries if borrowed else dict(self._live_items())
+        snapshot = KvSnapshot(
             self._applied_index,
             self._revision,
             self._log_time_ms,
             self._next_client_id,
-            self._entries.copy(),
+            entries,
             sessions,
+            borrowed=borrowed,
         )
+        if borrowed:
+            self._view = weakref.ref(snapshot)
+            self._overlay = {}
+        return snapshot
+
+    def _live_items(self) -> Iterator[tuple[bytes, tuple[bytes, int]]]:
+        for key in self._live_keys():
+            entry = self._lookup(key)
+            assert entry is not None
+            yield key, entry
+
+    def _settle_view(self, fold_everything: bool = False) -> None:
+        """Once the view that borrows the map is released, fold the overlay back
+        into the map, at most `_FOLD_PER_APPLY` keys per call so that no single
+        apply pays for all the writes made during a long snapshot."""
+        if self._view is not None:
+            view = self._view()
+            if view is not None and not view._released:
+                return
+            self._view = None
+        overlay = self._overlay
+        if overlay is None:
+            return
+        entries = self._entries
+        count = len(overlay) if fold_everything else min(len(overlay), self._FOLD_PER_APPLY)
+        for _ in range(count):
+            key, entry = overlay.popitem()
+            if entry is None:
+                entries.pop(key, None)
+            else:
+                entries[key] = entry
+        if not overlay:
+            self._overlay = None
 
     def snapshot(self) -> bytes:
         """The serialised state: `freeze().to_bytes()`."""
         return self.freeze().to_bytes()
 
     def install(self, snapshot: KvSnapshot) -> None:
-        """Replace the whole state with `snapshot`'s, taking over its map (the
-        snapshot object is spent afterwards). Only swaps references."""
-        entries = snapshot._owned_entries()
-        snapshot._entries = None
+        """Replace the whole state with `snapshot`'s. A snapshot from `from_bytes`
+        is taken over (and spent); a view from `freeze` is copied and released."""
+        entries = snapshot._readable_entries()
+        if snapshot._borrowed:
+            entries = entries.copy()
+            snapshot.release()
+        else:
+            snapshot._entries = None
         self._entries = entries
+        self._overlay = None
+        self._view = None
+        self._count = len(entries)
         self._applied_index = snapshot.applied_index
         self._revision = snapshot.revision
         self._log_time_ms = snapshot.log_time_ms

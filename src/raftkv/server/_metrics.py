@@ -34,6 +34,12 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
             registry=registry,
         )
+        self.loop_lag_seconds = Histogram(
+            "raftkv_event_loop_lag_seconds",
+            "How late a 10 ms timer fires: event-loop stalls.",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+            registry=registry,
+        )
         self.leader_changes = Counter(
             "raftkv_leader_changes", "Times the known leader changed.", registry=registry
         )

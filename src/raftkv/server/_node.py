@@ -33,6 +33,7 @@ import itertools
 import logging
 import os
 import random
+import struct
 import time
 from typing import Any
 
@@ -111,6 +112,9 @@ class Node:
         #: Serialises the snapshot writes (a received one, a local one): both write
         #: the WAL, which only one writer may do at a time.
         self._snapshot_lock = asyncio.Lock()
+        self._lag_max_s = 0.0
+        #: Figures of the last snapshot this node took (for /v1/snapshot and logs).
+        self.last_snapshot: dict[str, Any] = {}
         self._stopping = False
         self.leader_id = 0
         self.role = Role.FOLLOWER
@@ -206,6 +210,7 @@ class Node:
         self._tasks = [
             asyncio.create_task(self._run(), name=f"raftkv-node-{self.id}"),
             asyncio.create_task(self._ticker(), name=f"raftkv-ticker-{self.id}"),
+            asyncio.create_task(self._lag_probe(), name=f"raftkv-lag-{self.id}"),
         ]
         self._wake.set()
 
@@ -511,7 +516,8 @@ class Node:
         if rd.snapshot is not None:
             async with self._snapshot_lock:
                 await asyncio.to_thread(storage.apply_snapshot, rd.snapshot)
-            self._restore_snapshot(rd.snapshot)
+            decoded = await asyncio.to_thread(_decode_snapshot, rd.snapshot.data)
+            self._restore_snapshot(rd.snapshot, decoded)
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
             self.committed_index = rd.hard_state.commit
@@ -682,15 +688,17 @@ class Node:
 
     # --- snapshots ---------------------------------------------------------------------
 
-    def _restore_snapshot(self, snapshot: Snapshot) -> None:
-        members, applied_requests, machine_bytes = msgpack.unpackb(
-            snapshot.data, raw=False, strict_map_key=False
-        )
-        self.state_machine.restore(machine_bytes)
+    def _restore_snapshot(
+        self, snapshot: Snapshot, decoded: _DecodedSnapshot | None = None
+    ) -> None:
+        """Replace the replicated state with a snapshot's (decoded here unless the
+        caller decoded it off the loop already)."""
+        members, applied_requests, machine = decoded or _decode_snapshot(snapshot.data)
+        self.state_machine.install(machine)
         self._applied_requests = AppliedRequests.load(
             applied_requests, self._applied_requests.window_entries
         )
-        self.members = {int(node_id): url for node_id, url in members.items()}
+        self.members = members
         self._snapshot_index = snapshot.metadata.index
         self.applied_index = snapshot.metadata.index
         if hasattr(self, "_transport"):  # A snapshot received from the leader.
@@ -706,7 +714,22 @@ class Node:
             return
         self._snapshot_task = asyncio.create_task(self._take_snapshot())
 
+    async def snapshot_now(self) -> dict[str, Any]:
+        """Take a snapshot at the applied index now (or wait for the one running)."""
+        self.check_available()
+        if self._snapshot_task is None:
+            if self.applied_index <= self._snapshot_index:
+                return {"index": self._snapshot_index, "taken": False}
+            self._snapshot_task = asyncio.create_task(self._take_snapshot())
+        await asyncio.shield(self._snapshot_task)
+        return dict(self.last_snapshot, taken=True)
+
     async def _take_snapshot(self) -> None:
+        """Snapshot the state machine without stalling the loop: a shallow copy on the
+        loop, serialisation and the file write in worker threads, then the WAL marker
+        and log compaction on the loop. Records the longest loop stall meanwhile."""
+        started = time.perf_counter()
+        self._lag_max_s = 0.0
         index = self.applied_index
         conf_state = self._raw.status().conf_state
         frozen = self.state_machine.freeze()
@@ -714,24 +737,74 @@ class Node:
         applied_requests = self._applied_requests.dump()
         try:
             data = await asyncio.to_thread(_serialize_snapshot, members, applied_requests, frozen)
+            del frozen
+            storage = self._storage
             async with self._snapshot_lock:
-                self._storage.create_snapshot(index, conf_state, data)
-                self._storage.compact(index)
+                snapshot = storage.prepare_snapshot(index, conf_state, data)
+                # The file (the big write) off the loop; its WAL marker on it, as
+                # the WAL has one writer.
+                await asyncio.to_thread(storage.write_snapshot_file, snapshot)
+                storage.commit_snapshot(snapshot)
+                storage.compact(index)
+            await asyncio.sleep(2 * _LAG_PROBE_S)  # Let the probe see the last step.
             self._snapshot_index = index
             self.metrics.snapshots.inc()
-            log.info("node %d: snapshot at index %d (%d bytes)", self.id, index, len(data))
+            self.last_snapshot = {
+                "index": index,
+                "bytes": len(data),
+                "keys": len(self.state_machine),
+                "seconds": round(time.perf_counter() - started, 3),
+                "loop_stall_max_ms": round(self._lag_max_s * 1000, 1),
+            }
+            log.info("node %d: snapshot %s", self.id, self.last_snapshot)
         except Exception:
             log.exception("node %d: snapshot at %d failed", self.id, index)
             raise
         finally:
             self._snapshot_task = None
 
+    async def _lag_probe(self) -> None:
+        """Measure event-loop stalls: how late a short sleep wakes up."""
+        loop = self._loop
+        histogram = self.metrics.loop_lag_seconds
+        while True:
+            before = loop.time()
+            await asyncio.sleep(_LAG_PROBE_S)
+            lag_s = loop.time() - before - _LAG_PROBE_S
+            histogram.observe(lag_s)
+            if lag_s > self._lag_max_s:
+                self._lag_max_s = lag_s
+
+
+#: How often the loop-stall probe wakes up.
+_LAG_PROBE_S = 0.01
+
+
+#: Snapshot data: a 4-byte length, then msgpack [members, applied requests] of that
+#: length, then the state machine's own snapshot bytes. The big part is never
+#: wrapped in another msgpack value, which would copy it while holding the GIL.
+_SNAPSHOT_HEAD = struct.Struct(">I")
+_DecodedSnapshot = tuple[dict[int, str], list[Any], KvSnapshot]
+
 
 def _serialize_snapshot(
     members: dict[int, str], applied_requests: list[Any], frozen: KvSnapshot
 ) -> bytes:
-    data: bytes = msgpack.packb([members, applied_requests, frozen.to_bytes()], use_bin_type=True)
-    return data
+    """Runs in a worker thread: each chunk is one short call into msgpack, so the
+    event loop gets the GIL back between chunks."""
+    head: bytes = msgpack.packb([members, applied_requests], use_bin_type=True)
+    return b"".join([_SNAPSHOT_HEAD.pack(len(head)), head, *frozen.chunks()])
+
+
+def _decode_snapshot(data: bytes) -> _DecodedSnapshot:
+    """May run in a worker thread (nothing here touches the node)."""
+    (head_bytes,) = _SNAPSHOT_HEAD.unpack_from(data)
+    start = _SNAPSHOT_HEAD.size
+    members, applied_requests = msgpack.unpackb(
+        data[start : start + head_bytes], raw=False, strict_map_key=False
+    )
+    machine = KvSnapshot.from_bytes(data[start + head_bytes :])
+    return {int(k): str(v) for k, v in members.items()}, applied_requests, machine
 
 
 def _encode_change_context(url: str, origin: int, request_id: int) -> bytes:

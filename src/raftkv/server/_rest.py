@@ -43,6 +43,7 @@ _V1_METHODS = {
     "/v1/status": "GET",
     "/v1/members": "GET, POST",
     "/v1/leader": "POST",
+    "/v1/snapshot": "POST",
     "/v1/kv": "GET",
 }
 _KEY_METHODS = "GET, PUT, DELETE"
@@ -83,6 +84,7 @@ class RestApi:
         app.router.add_post("/v1/members", self.add_member_v1)
         app.router.add_delete("/v1/members/{id}", self.remove_member_v1)
         app.router.add_post("/v1/leader", self.transfer_leader)
+        app.router.add_post("/v1/snapshot", self.snapshot)
         app.router.add_get("/v1/kv", self.list_keys)
         app.router.add_route("*", "/v1/kv/{key:.+}", self.kv_v1)
         app.router.add_route("*", "/v1/{tail:.*}", self.unknown_v1)
@@ -263,6 +265,9 @@ class RestApi:
             raise errors.InvalidRequest('expected {"id": <int>}')
         await self.node.transfer_leader(node_id)
         return web.json_response({"leader": node_id})
+
+    async def snapshot(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(await self.node.snapshot_now())
 
     async def status(self, request: web.Request) -> web.StreamResponse:
         return web.json_response(self.node.status())

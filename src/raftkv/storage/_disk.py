@@ -222,7 +222,19 @@ class DiskStorage:
     def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
         """Record a snapshot of the state machine as of `index` (already applied):
         the file first, then its WAL marker (synced), then the cache. Call
-        `compact` afterwards to free memory and disk."""
+        `compact` afterwards to free memory and disk.
+
+        All on the calling thread. A host that must not block on writing a large
+        file uses the three steps instead: `prepare_snapshot` (caller's thread),
+        `write_snapshot_file` (any thread), `commit_snapshot` (caller's thread)."""
+        snapshot = self.prepare_snapshot(index, conf_state, data)
+        self.write_snapshot_file(snapshot)
+        self.commit_snapshot(snapshot)
+        return snapshot
+
+    def prepare_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
+        """The snapshot of `data` as of `index`, checked against the log; writes
+        nothing."""
         held = self._cache.snapshot().metadata
         if index <= held.index:
             raise SnapshotOutOfDateError(
@@ -235,11 +247,29 @@ class DiskStorage:
             term=self._cache.term(index),
             conf_state=conf_state if conf_state is not None else held.conf_state,
         )
-        snapshot = Snapshot(metadata=metadata, data=data)
-        self._persist_snapshot(snapshot)
-        created = self._cache.create_snapshot(index, conf_state, data)
+        return Snapshot(metadata=metadata, data=data)
+
+    def write_snapshot_file(self, snapshot: Snapshot) -> None:
+        """Write the snapshot's file (temp file, fsync, rename, fsync of the
+        directory). Touches only the snapshot directory, so it may run in a worker
+        thread while the WAL keeps being written; the snapshot counts for nothing
+        until `commit_snapshot`."""
+        self._snapshotter.save(snapshot)
+
+    def commit_snapshot(self, snapshot: Snapshot) -> None:
+        """After `write_snapshot_file`: the WAL marker (synced), then the cache."""
+        held = self._cache.snapshot().metadata.index
+        if snapshot.metadata.index <= held:
+            raise SnapshotOutOfDateError(
+                f"snapshot at {snapshot.metadata.index} is not newer than the held one at {held}"
+            )
+        self._wal.save_snapshot(SnapshotMarker(snapshot.metadata.index, snapshot.metadata.term))
+        self._wal.sync()
+        self._snapshotter.prune()
+        created = self._cache.create_snapshot(
+            snapshot.metadata.index, snapshot.metadata.conf_state, snapshot.data
+        )
         assert created == snapshot
-        return snapshot
 
     def _persist_snapshot(self, snapshot: Snapshot) -> None:
         self._snapshotter.save(snapshot)

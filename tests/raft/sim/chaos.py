@@ -3,7 +3,8 @@
 Every so often (a random interval) one action is drawn by weight: partition the
 network (a node isolated, the cluster split in two, links cut one way), heal it,
 change the weather (drops, duplicates, delays, stragglers), crash a node (it
-restarts later on its own), change the membership (remove a voter, add a voter or a
+restarts later on its own; some crashes strike at a chosen point of a Ready), pause
+a node's process, change the membership (remove a voter, add a voter or a
 learner, promote or remove a learner), transfer leadership, force an election, or
 snapshot and compact a node's log.
 
@@ -45,6 +46,7 @@ ACTIONS: tuple[tuple[str, float], ...] = (
     ("crash_mid_write", 1.0),
     ("crash_after_send", 1.0),
     ("crash_torn_write", 0.5),
+    ("pause", 1.0),
     ("membership", 2.0),
     ("transfer_leader", 1.0),
     ("campaign", 0.5),
@@ -167,6 +169,14 @@ class Chaos:
         node_id = self._pick_up_node(leader_bias=0.2)
         if node_id is not None:
             self._cluster.arm_crash(node_id, CrashPoint.AFTER_SEND, self._down_units())
+
+    def _pause(self) -> None:
+        """Freeze a node (the leader, often) for a while: long enough, sometimes, for
+        the others to elect a new leader before it wakes up and acts on old state."""
+        node_id = self._pick_up_node(leader_bias=0.6)
+        if node_id is not None:
+            units = self._rng.randint(1, 4 * self._cluster.config.election_tick * TICK_UNITS)
+            self._cluster.pause(node_id, units)
 
     def _campaign(self) -> None:
         live = self._cluster.live_node_ids()

@@ -105,6 +105,8 @@ class ClusterConfig:
     heartbeat_tick: int = 1
     max_inflight_msgs: int = 256
     max_size_per_msg_bytes: int = 1 << 20
+    max_inflight_bytes: int = 0
+    max_uncommitted_entries_bytes: int = 0
     pre_vote: bool = True
     check_quorum: bool = True
     #: Step input into a node while its Ready is being persisted (RawNode allows any
@@ -118,6 +120,8 @@ class ClusterConfig:
     max_fsync_units: int = 3
     #: A node takes its Ready 0..this many units after new input (batching).
     max_ready_delay_units: int = 1
+    #: Each tick comes TICK_UNITS +- this many units after the previous one.
+    tick_jitter_units: int = 2
     #: How often a send that fails (link cut, peer down) is reported to the core.
     report_unreachable_probability: float = 0.3
     #: Print every event as it runs (for replaying one seed by hand).
@@ -152,6 +156,10 @@ class SimNode:
         #: A crash armed to strike at a chosen point of the next Ready, and the delay
         #: before the restart that follows it.
         self.armed_crash: tuple[CrashPoint, int] | None = None
+        #: The process is frozen until this time.
+        self.paused_until = 0
+        #: Input that arrived while the node could not take it (paused, or busy
+        #: without `input_while_persisting`), in arrival order.
         self.inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self.waiting_writes: dict[str, ClientOp] = {}
         self.waiting_read_index: dict[bytes, ClientOp] = {}
@@ -191,6 +199,8 @@ class Cluster:
         self._events: list[tuple[int, int, Callable[..., None], tuple[Any, ...]]] = []
         self._sequence = 0
         self._history_time = 0.0
+        #: Operation id -> history time at which some node first applied it.
+        self.first_applied_at: dict[str, float] = {}
         self.initial_members = list(range(1, config.nodes + 1))
         for node_id in self.initial_members:
             self.nodes[node_id] = SimNode(node_id, initial_member=True)
@@ -270,12 +280,24 @@ class Cluster:
         assert node.state is NodeState.DOWN
         storage = node.storage
         snapshot = storage.snapshot()
+        hard_state = storage.hard_state
+        if hard_state.commit < snapshot.metadata.index:
+            # Only when applying before persisting: a snapshot (installed, or taken
+            # at an applied index) reached the disk ahead of the hard state that
+            # commits it. A snapshot holds committed entries only, so recovery
+            # raises the commit index to it, as DiskStorage's recovery does.
+            assert self.config.apply_before_persist, f"node {node.id}: {hard_state} {snapshot}"
+            storage.set_hard_state(
+                HardState(hard_state.term, hard_state.vote, snapshot.metadata.index)
+            )
         config = Config(
             id=node.id,
             election_tick=self.config.election_tick,
             heartbeat_tick=self.config.heartbeat_tick,
             max_inflight_msgs=self.config.max_inflight_msgs,
             max_size_per_msg_bytes=self.config.max_size_per_msg_bytes,
+            max_inflight_bytes=self.config.max_inflight_bytes,
+            max_uncommitted_entries_bytes=self.config.max_uncommitted_entries_bytes,
             pre_vote=self.config.pre_vote,
             check_quorum=self.config.check_quorum,
             applied=snapshot.metadata.index,
@@ -316,6 +338,7 @@ class Cluster:
         node.role = Role.FOLLOWER
         node.leader_id = NONE
         node.inbox.clear()
+        node.paused_until = 0
         # Clients waiting on this process never hear back; they time out.
         node.waiting_writes.clear()
         node.waiting_read_index.clear()
@@ -363,19 +386,51 @@ class Cluster:
 
     # --- input to a node -------------------------------------------------------------
 
+    def _accepts_input(self, node: SimNode) -> bool:
+        if node.paused_until > self.time:
+            return False
+        return not node.busy or self.config.input_while_persisting
+
     def _input(self, node: SimNode, action: Callable[..., None], *args: Any) -> None:
-        if node.busy and not self.config.input_while_persisting:
+        if not self._accepts_input(node):
             node.inbox.append((action, args))
             return
         action(*args)
+        self._want_ready(node)
+
+    def _drain_inbox(self, node: SimNode) -> None:
+        while node.inbox and self._accepts_input(node):
+            action, args = node.inbox.popleft()
+            action(*args)
         self._want_ready(node)
 
     def _on_tick(self, node_id: int, incarnation: int) -> None:
         node = self.nodes[node_id]
         if node.incarnation != incarnation:
             return
-        self._input(node, node.raw.tick)
-        self.schedule(TICK_UNITS, self._on_tick, node_id, incarnation)
+        # A paused process misses its ticks (as a ticker drops them); it does not
+        # catch up on resuming.
+        if node.paused_until <= self.time:
+            self._input(node, node.raw.tick)
+        jitter = self.config.tick_jitter_units
+        self.schedule(
+            TICK_UNITS + self.rng.randint(-jitter, jitter), self._on_tick, node_id, incarnation
+        )
+
+    def pause(self, node_id: int, units: int) -> None:
+        """Freeze the node's process (a long GC pause, a stopped VM) for `units`: it
+        handles nothing meanwhile, then everything that arrived at once."""
+        node = self.nodes[node_id]
+        if node.state is not NodeState.UP:
+            return
+        self.stats["pauses"] += 1
+        node.paused_until = max(node.paused_until, self.time + units)
+        self.schedule(units, self._resume, node_id, node.incarnation)
+
+    def _resume(self, node_id: int, incarnation: int) -> None:
+        node = self.nodes[node_id]
+        if node.incarnation == incarnation and node.paused_until <= self.time:
+            self._drain_inbox(node)
 
     def _want_ready(self, node: SimNode) -> None:
         if node.ready_scheduled or node.busy or node.state is not NodeState.UP:
@@ -390,6 +445,9 @@ class Cluster:
     def _on_ready(self, node_id: int, incarnation: int) -> None:
         node = self.nodes[node_id]
         if node.incarnation != incarnation:
+            return
+        if node.paused_until > self.time:
+            self.schedule(node.paused_until - self.time, self._on_ready, node_id, incarnation)
             return
         node.ready_scheduled = False
         rn = node.raw
@@ -418,6 +476,11 @@ class Cluster:
         node = self.nodes[node_id]
         if node.incarnation != incarnation:
             return  # The process crashed before its write was durable.
+        if node.paused_until > self.time:
+            self.schedule(
+                node.paused_until - self.time, self._on_persisted, node_id, incarnation, rd
+            )
+            return
         if rd.snapshot is not None and not self.config.apply_before_persist:
             self._persist_snapshot(node, rd.snapshot)
         if rd.entries:
@@ -443,10 +506,7 @@ class Cluster:
             self.stats["nodes_removed"] += 1
             self._stop(node, NodeState.REMOVED)
             return
-        while node.inbox and not node.busy:
-            action, args = node.inbox.popleft()
-            action(*args)
-        self._want_ready(node)
+        self._drain_inbox(node)
 
     def _apply_and_read(self, node: SimNode, rd: Ready) -> None:
         self._apply(node, rd.committed_entries)
@@ -539,7 +599,8 @@ class Cluster:
                     node.applied_own_removal = True
             elif entry.data:
                 command = Command.decode(entry.data)
-                kv.apply(entry.index, command)
+                if kv.apply(entry.index, command) and command.op_id not in self.first_applied_at:
+                    self.first_applied_at[command.op_id] = self.history_time()
                 op = node.waiting_writes.pop(command.op_id, None)
                 if op is not None:
                     self._complete(op)

@@ -57,6 +57,7 @@ class ClientOp:
 
 @dataclass(frozen=True, slots=True)
 class HistoryRecord:
+    op_id: str
     client_id: int
     kind: str
     key: str
@@ -78,7 +79,14 @@ class History:
         assert op.done and op.return_time is not None
         self.records.append(
             HistoryRecord(
-                op.client_id, op.kind, op.key, op.value, op.output, op.call_time, op.return_time
+                op.op_id,
+                op.client_id,
+                op.kind,
+                op.key,
+                op.value,
+                op.output,
+                op.call_time,
+                op.return_time,
             )
         )
         if op.is_write:
@@ -90,7 +98,9 @@ class History:
         """The client stops waiting for `op`; a write's outcome stays unknown."""
         if op.is_write:
             self.records.append(
-                HistoryRecord(op.client_id, op.kind, op.key, op.value, None, op.call_time, None)
+                HistoryRecord(
+                    op.op_id, op.client_id, op.kind, op.key, op.value, None, op.call_time, None
+                )
             )
             self.unknown_writes += 1
 

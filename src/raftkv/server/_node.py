@@ -372,15 +372,8 @@ class Node:
         deadline = time.monotonic() + self.options.request_timeout_s
         self._deadlines.append((deadline, future, request_id))
         if request_id:
-            waiters = self._waiters
-            waiters[request_id] = future
-            unapplied = self._unapplied
-
-            def forget(_: asyncio.Future[Any]) -> None:
-                waiters.pop(request_id, None)
-                unapplied.pop(request_id, None)
-
-            future.add_done_callback(forget)
+            # Removed when the entry applies, or at the deadline (`_expire`).
+            self._waiters[request_id] = future
 
     def _expire(self) -> None:
         """Fail every request past its deadline.
@@ -408,8 +401,12 @@ class Node:
             "not have been applied"
         )
         withdrawn = set()
+        waiters, unapplied = self._waiters, self._unapplied
         while deadlines and deadlines[0][0] <= now:
             _, future, request_id = deadlines.popleft()
+            if request_id:
+                waiters.pop(request_id, None)
+                unapplied.pop(request_id, None)
             if future.done():
                 continue
             withdrawn.add(request_id)

@@ -27,7 +27,7 @@ STEPS_PER_SEED = 10_000
 DEFAULT_SEEDS_PER_SIZE = 150
 
 SOAK_STEPS_PER_SEED = 50_000
-SOAK_SEEDS_PER_SIZE = 500
+SOAK_SEEDS_PER_SIZE = 200
 #: Soak seeds start here so that they do not repeat the default ones.
 SOAK_FIRST_SEED = 1_000_000
 

@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a short run (a few seconds)")
     parser.add_argument("--dir", help="where to write (default: a temporary directory)")
     arguments = parser.parse_args()
-    slices, seconds = (4, 0.1) if arguments.quick else (15, 0.25)
+    slices, seconds = (6, 0.05) if arguments.quick else (40, 0.1)
     root = Path(tempfile.mkdtemp(prefix="wal_bench-", dir=arguments.dir))
     try:
         results = {size: measure(root, size, slices, seconds) for size in BATCH_SIZES}

@@ -188,6 +188,10 @@ class RespConnection(asyncio.Protocol):
         self.multibulk = False
         self.inline_pending = b""
         self.read_barrier: asyncio.Future[None] | None = None
+        #: Writes dispatched from the current read, not yet submitted: proposed as
+        #: one batch entry when the read's commands are all dispatched.
+        self.pending_writes: list[bytes] = []
+        self.pending_future: asyncio.Future[Any] | None = None
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -265,7 +269,25 @@ class RespConnection(asyncio.Protocol):
 
     # --- replies -------------------------------------------------------------------------
 
+    def flush_writes(self) -> None:
+        """Submit the writes gathered from this read as one replicated entry (a
+        batch when there are several), keeping their order."""
+        commands, future = self.pending_writes, self.pending_future
+        if future is None:
+            return
+        self.pending_writes, self.pending_future = [], None
+        try:
+            if len(commands) == 1:
+                submitted = self.node.submit_write(commands[0])
+                submitted.add_done_callback(lambda done: _settle(future, done, single=True))
+            else:
+                submitted = self.node.submit_write(encode_batch(commands))
+                submitted.add_done_callback(lambda done: _settle(future, done, single=False))
+        except Exception as exc:
+            future.set_exception(exc)
+
     def _schedule_drain(self) -> None:
+        self.flush_writes()
         if self.drain_task is None and self.replies:
             self.drain_task = asyncio.ensure_future(self._drain())
         if len(self.replies) >= _PAUSE_AT and not self.paused and self.transport is not None:
@@ -362,7 +384,39 @@ def command(name: str, arity: int) -> Callable[[CommandHandler], CommandHandler]
 
 
 def _write(conn: RespConnection, data: bytes, render: Render) -> None:
+    """Queue a plain (or session-tagged) command for the connection's next batch; its
+    reply renders the command's own result from the batch's results."""
+    conn.node.check_available()
+    if conn.pending_future is None:
+        conn.pending_future = asyncio.get_running_loop().create_future()
+    position = len(conn.pending_writes)
+    conn.pending_writes.append(data)
+    conn.reply_later(conn.pending_future, lambda results: render(_nth(results, position)))
+
+
+def _write_alone(conn: RespConnection, data: bytes, render: Render) -> None:
+    """Submit a command that is itself a batch (MSET, DEL): it cannot nest in one, so
+    the writes gathered before it go first."""
+    conn.flush_writes()
     conn.reply_later(conn.node.submit_write(data), render)
+
+
+def _nth(results: Any, position: int) -> Any:
+    if isinstance(results, list):
+        return results[position]
+    return check_result(results)  # The whole entry failed (it could not decode).
+
+
+def _settle(target: asyncio.Future[Any], done: asyncio.Future[Any], single: bool) -> None:
+    if target.done():
+        return
+    if done.cancelled():
+        target.cancel()
+    elif (exc := done.exception()) is not None:
+        target.set_exception(exc)
+    else:
+        result = done.result()
+        target.set_result([result] if single else result)
 
 
 def _check_value(conn: RespConnection, value: bytes) -> None:
@@ -561,7 +615,7 @@ def _mset(conn: RespConnection, args: list[bytes]) -> None:
         _check_key(key)
         _check_value(conn, value)
     batch = encode_batch([encode_put(key, value) for key, value in pairs])
-    _write(conn, batch, lambda r: (check_result(r), OK)[1])
+    _write_alone(conn, batch, lambda r: (check_result(r), OK)[1])
 
 
 @command("DEL", -2)
@@ -571,7 +625,7 @@ def _del(conn: RespConnection, args: list[bytes]) -> None:
     def render(results: Any) -> bytes:
         return integer(sum(1 for r in check_result(results) if check_result(r) is not None))
 
-    _write(conn, batch, render)
+    _write_alone(conn, batch, render)
 
 
 @command("GETDEL", 2)

@@ -59,6 +59,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
     max_size_per_msg_bytes = rng.choice((64, 1024, 1 << 20))
     return ClusterConfig(
         nodes=nodes,
+        election_tick=rng.choice((5, 10, 10)),
         input_while_persisting=rng.random() < 0.5,
         pre_vote=rng.random() < 0.8,
         apply_before_persist=rng.random() < 0.5,

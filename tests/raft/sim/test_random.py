@@ -23,7 +23,7 @@ from .simulation import run_simulation
 
 #: Events per seed in the default run. The default set (two sizes times
 #: `DEFAULT_SEEDS_PER_SIZE`) must stay within about three minutes on a 2-core machine.
-STEPS_PER_SEED = 10_000
+STEPS_PER_SEED = 15_000
 DEFAULT_SEEDS_PER_SIZE = 150
 
 SOAK_STEPS_PER_SEED = 50_000

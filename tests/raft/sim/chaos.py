@@ -37,6 +37,9 @@ class ChaosConfig:
     max_extra_voters: int = 2
 
 
+#: A node id that never belongs to any cluster.
+STRANGER_ID = 999
+
 ACTIONS: tuple[tuple[str, float], ...] = (
     ("partition", 3.0),
     ("heal_links", 3.0),
@@ -226,6 +229,10 @@ class Chaos:
         if leader is None:
             return
         others = [voter for voter in leader.conf_state.voters if voter != leader.id]
+        if self._rng.random() < 0.2:
+            # A transfer the core must refuse or abandon cleanly: to a learner, a
+            # node outside the configuration, or the leader itself.
+            others = list(cluster.nodes)
         if others:
             cluster.transfer_leader(leader.id, self._rng.choice(others))
 
@@ -250,9 +257,13 @@ class Chaos:
             choices += ["add_voter", "add_learner"]
         if not choices:
             return
+        choices.append("remove_stranger")
         choice = rng.choice(choices)
         new_node: int | None = None
-        if choice == "remove_voter":
+        if choice == "remove_stranger":
+            # Not a member: the core must refuse it, or commit it as a no-op.
+            change = ConfChange(ConfChangeType.REMOVE_NODE, STRANGER_ID)
+        elif choice == "remove_voter":
             change = ConfChange(ConfChangeType.REMOVE_NODE, rng.choice(voters))
         elif choice == "remove_learner":
             change = ConfChange(ConfChangeType.REMOVE_NODE, rng.choice(learners))
@@ -264,7 +275,10 @@ class Chaos:
             cluster.add_node(new_node)
             kind = ConfChangeType.ADD_NODE if choice == "add_voter" else ConfChangeType.ADD_LEARNER
             change = ConfChange(kind, new_node)
-        accepted = cluster.propose_conf_change(leader.id, change)
+        # Mostly through the leader; sometimes through another node, which forwards it.
+        live = cluster.live_node_ids()
+        via = rng.choice(live) if rng.random() < 0.3 else leader.id
+        accepted = cluster.propose_conf_change(via, change)
         if not accepted and new_node is not None:
             cluster.discard(new_node)
         if accepted:

@@ -14,9 +14,16 @@ Each node is a host for one `RawNode`, following the host contract of `raftkv.ra
   loses it. The node's `MemoryStorage` is its disk: it changes only when a write
   becomes durable (and on compaction), and it is all that survives a crash.
 - When the write is durable: send `messages`, apply committed entries to the node's
-  `KVStore`, answer read states, `advance`.
+  `KVStore`, answer read states, `advance`. With `apply_before_persist` (the
+  server's order) committed entries are applied and reads answered when the Ready
+  is taken instead, before the write.
 - Input that arrives while a write is in flight is stepped at once
   (`input_while_persisting`, which `RawNode` allows) or queued until `advance`.
+  A paused process queues everything until it resumes.
+
+Crashes can be armed to strike at a chosen point of a Ready (`CrashPoint`): with
+the write in flight, with only the entries of it on disk, or right after the
+messages that promise it (votes, acknowledgements) went out.
 
 The safety checks sit where the state they constrain changes: a leader is checked
 when its soft state says it leads, a log when a write makes entries durable, the

@@ -13,11 +13,13 @@ returns, as it is for the server. Beside it, in the same run and directory:
 
 Each of the three keeps one file (or WAL) for the whole batch size and runs in
 short slices, taking turns, so that noise from other work on the machine falls
-on all of them alike; rates are total operations over total time across the
-slices. The WAL runs long enough at the larger batches to rotate segments and
-prepare spares, and that cost is counted. Building the entries is outside the
-timing (a pool of batches is cycled through; the WAL treats a batch that starts
-at an earlier index as a rewrite, which costs the same).
+on all of them alike. Rates are total operations over total time; the ratios
+are medians over slices of the WAL's rate over the other's in the same turn,
+which holds steadier when the disk's speed drifts during the run. The WAL runs
+long enough at the larger batches to rotate segments and prepare spares, and
+that cost is counted. Building the entries is outside the timing (a pool of
+batches is cycled through; the WAL treats a batch that starts at an earlier
+index as a rewrite, which costs the same).
 
 Prints a table, then one JSON object on the last line.
 
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -172,18 +175,26 @@ def measure(root: Path, batch_size: int, slices: int, seconds: float) -> dict[st
     size_bytes = bytes_per_operation(fresh(root / "measure"), pool)
     runs = {mode: RUNS[mode](fresh(root / mode), pool, size_bytes) for mode in MODES}
     totals = {mode: Totals() for mode in MODES}
-    counts = dict.fromkeys(MODES, 0)
+    rates: dict[str, list[float]] = {mode: [] for mode in MODES}
     try:
         for number in range(slices):
             # Rotate the order, so that no mode always runs right after another.
             for position in range(len(MODES)):
                 mode = MODES[(number + position) % len(MODES)]
-                result = timed(runs[mode].operation, seconds, first=counts[mode])
-                counts[mode] += result.operations
+                result = timed(runs[mode].operation, seconds, first=totals[mode].operations)
                 totals[mode].add(result)
+                rates[mode].append(result.per_second())
     finally:
         for run in runs.values():
             run.close()
+
+    def ratio(other: str) -> float:
+        """The median over slices of WAL rate / other rate, each pair measured
+        back to back: steadier than the ratio of totals when the disk's speed
+        drifts during the run."""
+        slice_ratios = [wal / rate for wal, rate in zip(rates["wal"], rates[other], strict=True)]
+        return round(statistics.median(slice_ratios), 3)
+
     wal, plain, prezeroed = (totals[mode].per_second() for mode in MODES)
     return {
         "bytes_per_fsync": size_bytes,
@@ -192,8 +203,8 @@ def measure(root: Path, batch_size: int, slices: int, seconds: float) -> dict[st
         "plain_entries_per_second": round(plain * batch_size),
         "plain_fsyncs_per_second": round(plain),
         "prezeroed_entries_per_second": round(prezeroed * batch_size),
-        "wal_to_plain_ratio": round(wal / plain, 3),
-        "wal_to_prezeroed_ratio": round(wal / prezeroed, 3),
+        "wal_to_plain_ratio": ratio("plain"),
+        "wal_to_prezeroed_ratio": ratio("prezeroed"),
     }
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+import raftkv.storage
 from raftkv.storage import WAL, SnapshotMarker
 
 from .crash_writer import SEGMENT_BYTES, entry_data
@@ -39,12 +40,16 @@ class WriterHost:
     """The writer process, and the lines it and its children print."""
 
     def __init__(self) -> None:
+        # The writer imports raftkv from where this process did, whatever is installed.
+        source = str(Path(raftkv.storage.__file__).parents[2])
+        path = os.pathsep.join(filter(None, [source, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, str(WRITER)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env={**os.environ, "PYTHONPATH": path},
         )
         self.lines: queue.Queue[list[str] | None] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)

@@ -203,3 +203,41 @@ def test_sync_runs_in_a_worker_thread(tmp_path: Path) -> None:
     storage = reopened(storage)
     assert storage.entries(1, 201) == entries(1, 200)
     storage.close()
+
+
+def test_a_snapshot_file_written_in_a_worker_counts_once_committed(tmp_path: Path) -> None:
+    storage = filled(tmp_path, 100)
+    snapshot = storage.prepare_snapshot(60, CONF, b"state at 60")
+    asyncio.run(asyncio.to_thread(storage.write_snapshot_file, snapshot))
+    assert storage.snapshot().is_empty  # written, but not yet committed
+    storage = reopened(storage)  # a crash before the commit: the file is not used
+    assert storage.snapshot().is_empty
+    assert list((tmp_path / "snap").iterdir()) == []
+    snapshot = storage.prepare_snapshot(60, CONF, b"state at 60")
+    storage.write_snapshot_file(snapshot)
+    storage.commit_snapshot(snapshot)
+    assert storage.snapshot() == snapshot
+    storage = reopened(storage)
+    assert storage.snapshot() == snapshot
+    storage.close()
+
+
+def test_a_snapshot_is_not_committed_without_its_file(tmp_path: Path) -> None:
+    storage = filled(tmp_path, 100)
+    snapshot = storage.prepare_snapshot(60, CONF, b"state at 60")
+    with pytest.raises(ValueError, match="was not written"):
+        storage.commit_snapshot(snapshot)
+    storage.close()
+
+
+def test_a_snapshot_overtaken_while_its_file_was_written_is_not_committed(
+    tmp_path: Path,
+) -> None:
+    storage = filled(tmp_path, 100)
+    older = storage.prepare_snapshot(50, CONF, b"state at 50")
+    storage.write_snapshot_file(older)
+    storage.create_snapshot(70, CONF, b"state at 70")
+    with pytest.raises(SnapshotOutOfDateError):
+        storage.commit_snapshot(older)
+    assert storage.snapshot().metadata.index == 70
+    storage.close()

@@ -258,12 +258,21 @@ class DiskStorage:
 
     def commit_snapshot(self, snapshot: Snapshot) -> None:
         """After `write_snapshot_file`: the WAL marker (synced), then the cache."""
+        metadata = snapshot.metadata
         held = self._cache.snapshot().metadata.index
-        if snapshot.metadata.index <= held:
+        if metadata.index <= held:
             raise SnapshotOutOfDateError(
-                f"snapshot at {snapshot.metadata.index} is not newer than the held one at {held}"
+                f"snapshot at {metadata.index} is not newer than the held one at {held}"
             )
-        self._wal.save_snapshot(SnapshotMarker(snapshot.metadata.index, snapshot.metadata.term))
+        marker = SnapshotMarker(metadata.index, metadata.term)
+        # Rule 1 of the package docstring: never a marker without its file.
+        if not self._snapshotter.path_for(marker).is_file():
+            raise ValueError(f"the file of {marker} was not written; call write_snapshot_file")
+        if self._cache.term(metadata.index) != metadata.term:
+            raise ValueError(
+                f"the log no longer holds index {metadata.index} at term {metadata.term}"
+            )
+        self._wal.save_snapshot(marker)
         self._wal.sync()
         self._snapshotter.prune()
         created = self._cache.create_snapshot(

@@ -79,7 +79,9 @@ def decode_snapshot(content: bytes) -> Snapshot:
 class Snapshotter:
     """Saves and loads snapshot files in one directory, keeping the newest few.
 
-    Not thread-safe: use it from one thread at a time.
+    Thread safety: `save` touches only its own temporary file and the final name,
+    so it may run in a worker thread while the owning thread uses the other
+    methods; otherwise use it from one thread at a time.
     """
 
     def __init__(
@@ -100,9 +102,13 @@ class Snapshotter:
         metadata = snapshot.metadata
         assert metadata.index > 0, "an empty snapshot is never saved"
         marker = SnapshotMarker(metadata.index, metadata.term)
-        path = self.directory / f"{metadata.index:016x}-{metadata.term:016x}.snap"
+        path = self.path_for(marker)
         write_file_durably(path, encode_snapshot(snapshot))
         return SnapshotFile(marker, path)
+
+    def path_for(self, marker: SnapshotMarker) -> Path:
+        """Where the snapshot file for (index, term) is, or would be."""
+        return self.directory / f"{marker.index:016x}-{marker.term:016x}.snap"
 
     def files(self) -> list[SnapshotFile]:
         """Every snapshot file, newest (highest index) first."""

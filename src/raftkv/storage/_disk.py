@@ -39,12 +39,14 @@ class DiskStorage:
     """The `Storage` the core reads, kept durable in a data directory.
 
     Reads (the `Storage` protocol) are served from memory. The host's write side
-    mirrors `MemoryStorage`: `append`, `apply_snapshot`, `create_snapshot` and
+    mirrors `MemoryStorage`: `append`, `apply_snapshot`, `create_snapshot` (or its
+    three steps `prepare_snapshot`, `write_snapshot_file`, `commit_snapshot`) and
     `compact`, plus `sync`, which makes every `append` before it durable.
 
-    Thread safety: `sync` may run in a worker thread (`asyncio.to_thread`) while
-    the event loop thread keeps calling the other methods; everything but `sync`
-    must be called from that one thread.
+    Thread safety: `sync` and `write_snapshot_file` may run in a worker thread
+    (`asyncio.to_thread`) while the event loop thread keeps calling the other
+    methods. Everything else changes the in-memory log the core reads, so it must
+    be called from the thread the core runs on (or while the core is not running).
     """
 
     def __init__(

@@ -1,0 +1,230 @@
+"""A Jepsen-style history test against real processes.
+
+A few client threads read and write a few keys through all three nodes over REST,
+recording every operation with its call and return times, while a nemesis kills
+nodes (SIGKILL, then a restart) and pauses them (SIGSTOP, then SIGCONT). Afterwards
+every node is healed, a final read of every key on every node joins the history, and
+the whole history must be linearizable (`raftkv.linearizability.check`): no stale or
+phantom read, and no acknowledged write lost (the final reads would show it).
+
+A write whose answer is not a 204 (a 503, a timeout, a dropped connection) has an
+unknown outcome: it may take effect at any time after its call, or never. A read
+without a 200 or 404 tells nothing and is dropped.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import pytest
+
+from raftkv.linearizability import Operation, check
+
+from .cluster import Cluster, request
+
+KEYS = ("x", "y", "z")
+NODES = (1, 2, 3)
+#: Longer than the nodes' --request-timeout, so that most failures are answered.
+CLIENT_TIMEOUT_S = 4.0
+SERVER_ARGS = ["--request-timeout", "2", "--snapshot-count", "300"]
+
+
+@dataclass
+class History:
+    operations: list[Operation] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, operation: Operation) -> None:
+        with self.lock:
+            self.operations.append(operation)
+
+
+def run_operation(
+    cluster: Cluster, client: str, node_id: int, kind: str, key: str, value: str | None
+) -> Operation:
+    """One GET or PUT through `node_id`, as an operation of the history."""
+    port = cluster.members[node_id].port
+    call = time.monotonic()
+    try:
+        if kind == "put":
+            reply = request(port, "PUT", "/" + quote(key), value, CLIENT_TIMEOUT_S)
+        else:
+            reply = request(port, "GET", "/" + quote(key), None, CLIENT_TIMEOUT_S)
+    except OSError:
+        return Operation(client, kind, key, value, None, call, None)
+    returned = time.monotonic()
+    if kind == "put":
+        return Operation(
+            client, "put", key, value, None, call, returned if reply.status == 204 else None
+        )
+    if reply.status == 200:
+        return Operation(client, "get", key, None, reply.text, call, returned)
+    if reply.status == 404:
+        return Operation(client, "get", key, None, None, call, returned)
+    return Operation(client, "get", key, None, None, call, None)
+
+
+class Clients:
+    """Threads issuing random reads and writes (unique values) to random nodes."""
+
+    def __init__(self, cluster: Cluster, history: History, count: int, seed: int) -> None:
+        self.cluster = cluster
+        self.history = history
+        self.stop = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._run, args=(f"c{n}", random.Random(seed + n)))
+            for n in range(count)
+        ]
+
+    def _run(self, client: str, rng: random.Random) -> None:
+        written = 0
+        while not self.stop.is_set():
+            key = rng.choice(KEYS)
+            node_id = rng.choice(NODES)
+            if rng.random() < 0.5:
+                written += 1
+                operation = run_operation(
+                    self.cluster, client, node_id, "put", key, f"{client}-{written}"
+                )
+            else:
+                operation = run_operation(self.cluster, client, node_id, "get", key, None)
+            self.history.add(operation)
+            if operation.return_time is None:
+                time.sleep(0.05)  # Mostly a node down or paused: try elsewhere.
+
+    def __enter__(self) -> Clients:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=CLIENT_TIMEOUT_S + 10)
+        assert not any(thread.is_alive() for thread in self.threads), "a client hung"
+
+
+class Nemesis:
+    """One fault at a time on a random node: kill -9 and restart, or pause and resume.
+    Every fault is healed before the next one starts and before the thread ends."""
+
+    def __init__(self, cluster: Cluster, seed: int) -> None:
+        self.cluster = cluster
+        self.rng = random.Random(seed)
+        self.stop = threading.Event()
+        self.events: list[str] = []
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.started = time.monotonic()
+
+    def _note(self, text: str) -> None:
+        self.events.append(f"{time.monotonic():.3f} {text}")
+
+    def _run(self) -> None:
+        try:
+            while not self.stop.wait(self.rng.uniform(0.5, 1.5)):
+                node_id = self.rng.choice(NODES)
+                outage_s = self.rng.uniform(0.5, 2.0)
+                if self.rng.random() < 0.5:
+                    self._note(f"kill -9 node {node_id}")
+                    self.cluster.kill(node_id, signal.SIGKILL)
+                    time.sleep(outage_s)
+                    self.cluster.start(node_id)
+                    self._note(f"restarted node {node_id}")
+                else:
+                    self._note(f"pause node {node_id}")
+                    self.cluster.pause(node_id)
+                    time.sleep(outage_s)
+                    self.cluster.resume(node_id)
+                    self._note(f"resumed node {node_id}")
+        except BaseException as exc:
+            self.error = exc
+            self._note(f"nemesis failed: {exc!r}")
+
+    def __enter__(self) -> Nemesis:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the nemesis hung"
+
+
+def heal(cluster: Cluster) -> None:
+    for node_id in NODES:
+        cluster.resume(node_id)
+        if not cluster.members[node_id].running:
+            cluster.start(node_id)
+    cluster.wait_leader()
+
+
+def final_reads(cluster: Cluster, history: History) -> None:
+    """Read every key on every node once more: a lost write would show here."""
+    for node_id in NODES:
+        for key in KEYS:
+            operation = run_operation(cluster, f"final-{node_id}", node_id, "get", key, None)
+            assert operation.return_time is not None, (
+                f"final read of {key} on node {node_id} failed"
+            )
+            history.add(operation)
+
+
+def describe(history: History, nemesis: Nemesis) -> str:
+    operations = history.operations
+    puts = [op for op in operations if op.kind == "put"]
+    gets = [op for op in operations if op.kind == "get"]
+    return (
+        f"{len(operations)} operations: {len(puts)} puts "
+        f"({sum(op.return_time is not None for op in puts)} acknowledged), {len(gets)} gets "
+        f"({sum(op.return_time is not None for op in gets)} answered); "
+        f"nemesis: {len(nemesis.events)} events"
+    )
+
+
+def run_history_test(make_cluster: Callable[..., Cluster], duration_s: float, clients: int) -> None:
+    seed = random.randrange(1 << 30)
+    print(f"seed {seed}")
+    cluster = make_cluster(3, extra_args=SERVER_ARGS)
+    cluster.start_all()
+    cluster.wait_leader()
+    history = History()
+    with Clients(cluster, history, clients, seed), Nemesis(cluster, seed) as nemesis:
+        time.sleep(duration_s)
+    assert nemesis.error is None, f"{nemesis.error!r}\n" + "\n".join(nemesis.events)
+    heal(cluster)
+    final_reads(cluster, history)
+    summary = describe(history, nemesis)
+    print(summary)
+    print("\n".join(nemesis.events))
+    acknowledged = sum(op.kind == "put" and op.return_time is not None for op in history.operations)
+    assert acknowledged >= 20, f"too few writes succeeded to tell anything: {summary}"
+
+    result = check(history.operations, time_limit_s=120)
+    assert result.ok, (
+        f"{result.explanation}\n"
+        + "\n".join(op.describe() for op in result.operations[:60])
+        + f"\n{summary}\n"
+        + "\n".join(nemesis.events)
+    )
+
+
+@pytest.mark.timeout(180)
+def test_history_under_kills_and_pauses_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=15, clients=4)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_long_history_under_kills_and_pauses_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=90, clients=6)

@@ -1,0 +1,215 @@
+"""Catching a follower up by snapshot, with real processes.
+
+A leader keeps a tail of `NodeOptions.snapshot_catchup_entries` entries behind its
+newest snapshot, so a follower that is behind by less than that catches up from the
+log. To force a snapshot transfer, these tests write more entries than the tail
+while a follower is down (through the RESP API, pipelined, which is fast), and check
+that the leader's log no longer holds what the follower needs before restarting it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import re
+import signal
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+import redis
+
+from raftkv.server import NodeOptions
+
+from .cluster import HOST, Cluster, request
+
+SNAPSHOT_COUNT = 50
+CATCH_UP_ENTRIES: int = next(
+    field.default
+    for field in dataclasses.fields(NodeOptions)
+    if field.name == "snapshot_catchup_entries"
+)
+SNAPSHOT_NAME = re.compile(r"([0-9a-f]{16})-[0-9a-f]{16}\.snap(\.tmp)?")
+
+
+def set_pipelined(
+    cluster: Cluster, node_id: int, items: Iterable[tuple[str, bytes]], batch_bytes: int
+) -> None:
+    """SET every item through one node's RESP API, in pipelines of about `batch_bytes`."""
+    port = cluster.members[node_id].rpc_port
+    assert port is not None
+    with redis.Redis(HOST, port, socket_timeout=60) as client:
+        pipe = client.pipeline(transaction=False)
+        pending_bytes = 0
+        for key, value in items:
+            pipe.set(key, value)
+            pending_bytes += len(value) + len(key) + 32
+            if pending_bytes >= batch_bytes:
+                assert all(pipe.execute())
+                pending_bytes = 0
+        assert all(pipe.execute())
+
+
+def newest_snapshot_file(data_dir: Path) -> tuple[int, bool]:
+    """The highest index among a node's snapshot files, and whether that file is
+    still being written (a .tmp); (0, False) if there is none."""
+    newest = (0, False)
+    with os.scandir(data_dir / "snap") as entries:
+        for entry in entries:
+            match = SNAPSHOT_NAME.fullmatch(entry.name)
+            if match:
+                newest = max(newest, (int(match[1], 16), match[2] is not None))
+    return newest
+
+
+def start_cluster(make_cluster: Callable[..., Cluster]) -> tuple[Cluster, int, int]:
+    """A 3-node cluster with RESP on; returns it, its leader and one follower."""
+    cluster = make_cluster(3, extra_args=["--snapshot-count", str(SNAPSHOT_COUNT)])
+    cluster.enable_resp()
+    cluster.start_all()
+    leader = cluster.leader_by_role()
+    follower = next(node_id for node_id in (1, 2, 3) if node_id != leader)
+    # Through the leader: a follower's own link to the leader may still be redialing
+    # this soon after startup (test_forwarding.py covers writes through followers).
+    assert cluster.put(leader, "first", "before the follower stopped").status == 204
+    cluster.wait_value(follower, "first", "before the follower stopped")
+    return cluster, leader, follower
+
+
+def stop_follower_and_outrun_its_log(
+    cluster: Cluster, leader: int, follower: int, items: list[tuple[str, bytes]]
+) -> int:
+    """Stop `follower`, write `items` on the leader, and check that the leader's log no
+    longer reaches back to the follower's last entry. Returns that last index."""
+    follower_last_index: int = cluster.status(follower)["last_index"]
+    assert cluster.stop(follower) == 0
+    set_pipelined(cluster, leader, items, batch_bytes=2 << 20)
+    status = cluster.wait_snapshot_past(leader, follower_last_index + CATCH_UP_ENTRIES)
+    print(f"follower's last index {follower_last_index}; leader: {status}")
+    return follower_last_index
+
+
+def small_items(count: int) -> list[tuple[str, bytes]]:
+    return [(f"small-{n:05d}", f"value-{n}".encode()) for n in range(count)]
+
+
+def big_items(count: int, size: int) -> list[tuple[str, bytes]]:
+    rng = random.Random(count)
+    return [(f"big-{n:04d}", rng.randbytes(size // 2).hex().encode()) for n in range(count)]
+
+
+def check_converged(cluster: Cluster, leader: int, follower: int, small_count: int) -> None:
+    commit = cluster.status(leader)["commit"]
+    status = cluster.wait_applied(follower, commit, timeout=60)
+    print(f"follower after catching up: {status}")
+    # Local reads: what the follower itself holds, not what a read barrier fetches.
+    stored = cluster.scan(follower, "small-", consistency="serializable")
+    assert stored == {key: value.decode() for key, value in small_items(small_count)}
+    reply = request(cluster.members[follower].port, "GET", "/v1/kv/first?consistency=serializable")
+    assert (reply.status, reply.text) == (200, "before the follower stopped")
+    # And it keeps following.
+    assert cluster.put(leader, "after-snapshot", "yes").status == 204
+    cluster.wait_value(follower, "after-snapshot", "yes")
+
+
+@pytest.mark.timeout(120)
+def test_follower_behind_the_compacted_log_catches_up_by_snapshot(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster, leader, follower = start_cluster(make_cluster)
+    count = CATCH_UP_ENTRIES + 4 * SNAPSHOT_COUNT
+    follower_last_index = stop_follower_and_outrun_its_log(
+        cluster, leader, follower, small_items(count)
+    )
+    leader_snapshot_index: int = cluster.status(leader)["snapshot_index"]
+
+    cluster.start(follower)
+    check_converged(cluster, leader, follower, count)
+    # The follower holds a snapshot at least as new as the leader's when it came back:
+    # it was installed from the leader, since its own log stopped far before that.
+    snapshot_index: int = cluster.status(follower)["snapshot_index"]
+    assert snapshot_index >= leader_snapshot_index > follower_last_index + CATCH_UP_ENTRIES
+
+
+def leader_is_sending_snapshot(cluster: Cluster, leader: int, follower: int) -> bool:
+    try:
+        progress = cluster.status(leader)["progress"].get(str(follower), {})
+    except (OSError, AssertionError):
+        return False
+    return bool(progress.get("state") == "snapshot")
+
+
+def restart_and_kill(
+    cluster: Cluster,
+    leader: int,
+    follower: int,
+    follower_last_index: int,
+    when: str,
+    timeout: float = 30.0,
+) -> bool:
+    """Restart `follower` and kill -9 it in the middle of its snapshot catch-up:
+    `when="receiving"`: while the leader says it is sending the snapshot, before the
+    follower wrote any of it to disk; `when="applying"`: the moment the follower's
+    snapshot file (newer than its log) appears, complete or still being written.
+    Returns whether it was killed mid-snapshot (False: it had caught up already)."""
+    member = cluster.members[follower]
+    installed, _ = newest_snapshot_file(member.data_dir)
+    if installed > follower_last_index:
+        print(f"node {follower} already installed a snapshot at {installed}: not killed")
+        return False
+    cluster.start(follower, wait=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        index, partial = newest_snapshot_file(member.data_dir)
+        on_disk = index > follower_last_index
+        sending = when == "receiving" and leader_is_sending_snapshot(cluster, leader, follower)
+        if on_disk or sending:
+            cluster.kill(follower, signal.SIGKILL)
+            index, partial = newest_snapshot_file(member.data_dir)
+            file = f"snapshot file {index} {'being written' if partial else 'complete'}"
+            seen = file if index > follower_last_index else "no new snapshot file"
+            print(f"killed node {follower} {'applying' if on_disk else 'receiving'}: {seen}")
+            return True
+        assert member.running, f"node {follower} exited:\n{cluster.log(follower)}"
+        time.sleep(0.002)
+    raise AssertionError(f"node {follower} got no snapshot in {timeout} s")
+
+
+def run_mid_snapshot_restarts(
+    make_cluster: Callable[..., Cluster], big_count: int, big_size: int, rounds: int
+) -> None:
+    cluster, leader, follower = start_cluster(make_cluster)
+    small_count = CATCH_UP_ENTRIES + 2 * SNAPSHOT_COUNT
+    # The big values last: the snapshot the follower receives holds all of them.
+    items = small_items(small_count) + big_items(big_count, big_size)
+    follower_last_index = stop_follower_and_outrun_its_log(cluster, leader, follower, items)
+
+    kills = 0
+    for _ in range(rounds):
+        for when in ("receiving", "applying"):
+            kills += restart_and_kill(cluster, leader, follower, follower_last_index, when)
+    assert kills, "the follower was never killed in the middle of its snapshot catch-up"
+
+    cluster.start(follower)
+    check_converged(cluster, leader, follower, small_count)
+    port = cluster.members[follower].port
+    for key, value in big_items(big_count, big_size):
+        reply = request(port, "GET", f"/v1/kv/{key}?consistency=serializable")
+        assert reply.status == 200 and reply.body == value, (key, reply.status, len(reply.body))
+
+
+@pytest.mark.timeout(180)
+def test_follower_killed_while_receiving_a_snapshot_recovers(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_mid_snapshot_restarts(make_cluster, big_count=200, big_size=100_000, rounds=1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_follower_killed_repeatedly_mid_snapshot_recovers(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_mid_snapshot_restarts(make_cluster, big_count=600, big_size=100_000, rounds=4)

@@ -121,3 +121,13 @@ def test_the_search_for_an_intact_record_skips_damage_and_misalignment() -> None
     data = b"\xff" * 8 + garbage + good
     assert records.find_intact_record(data, 0, len(data)) == 8 + len(garbage)
     assert records.find_intact_record(data, 0, 8 + len(garbage)) is None
+
+
+def test_the_hard_state_record_is_a_framed_hard_state() -> None:
+    hard_state = HardState(term=3, vote=2, commit=99)
+    record = records.hard_state_record(hard_state)
+    assert record == records.encode_record(
+        RecordType.HARD_STATE, records.encode_hard_state(hard_state)
+    )
+    read = records.read_record(record, 0)
+    assert read is not None and read.next_offset == len(record)

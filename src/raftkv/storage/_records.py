@@ -217,6 +217,14 @@ def encode_hard_state(hard_state: HardState) -> bytes:
     return _HARD_STATE.pack(hard_state.term, hard_state.vote, hard_state.commit)
 
 
+def hard_state_record(hard_state: HardState) -> bytes:
+    """The whole HARD_STATE record (it needs no padding), built without the
+    generality of `frame`: one is written with almost every batch."""
+    payload = _HARD_STATE.pack(hard_state.term, hard_state.vote, hard_state.commit)
+    head = _HEAD.pack(_HARD_STATE.size, RecordType.HARD_STATE, _crc(payload))
+    return head + _U32.pack(_crc(head)) + payload
+
+
 def decode_hard_state(payload: bytes) -> HardState:
     term, vote, commit = _HARD_STATE.unpack(payload)
     return HardState(term=term, vote=vote, commit=commit)

@@ -287,12 +287,13 @@ class WAL:
         """Append `entries` (consecutive indexes; they replace any entries from the
         first one's index on) and then `hard_state`, with one write. Not durable
         until `sync` returns. Returns the number of bytes written."""
-        parts: list[bytes] = []
         if entries:
-            parts += records.frame(RecordType.ENTRIES, records.encode_entries(entries))
-        if hard_state is not None:
-            parts += records.frame(RecordType.HARD_STATE, [records.encode_hard_state(hard_state)])
-        if not parts:
+            parts = records.frame(RecordType.ENTRIES, records.encode_entries(entries))
+            if hard_state is not None:
+                parts.append(records.hard_state_record(hard_state))
+        elif hard_state is not None:
+            parts = [records.hard_state_record(hard_state)]
+        else:
             return 0
         with self._lock:
             # A gap would make the WAL unreadable on recovery: refuse it before writing.
@@ -381,9 +382,8 @@ class WAL:
             fd = self._spare.take()
             self._spare = None
         metadata = records.encode_metadata(self._metadata, seq)
-        hard_state = records.encode_hard_state(self._hard_state)
-        header = records.encode_record(RecordType.METADATA, metadata) + records.encode_record(
-            RecordType.HARD_STATE, hard_state
+        header = records.encode_record(RecordType.METADATA, metadata) + records.hard_state_record(
+            self._hard_state
         )
         try:
             os.pwrite(fd, header, 0)

@@ -8,6 +8,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from .cluster import Cluster, Response
 
 #: How long a clean shutdown may take.
@@ -24,6 +26,7 @@ def timed_stop(cluster: Cluster, node_id: int, sig: int) -> float:
     return elapsed
 
 
+@pytest.mark.timeout(120)
 def test_sigint_and_sigterm_shut_down_cleanly(make_cluster: Callable[..., Cluster]) -> None:
     cluster = make_cluster(3)
     cluster.start_all()
@@ -41,6 +44,7 @@ def test_sigint_and_sigterm_shut_down_cleanly(make_cluster: Callable[..., Cluste
         cluster.wait_value(node_id, "k", "v")
 
 
+@pytest.mark.timeout(120)
 def test_shutdown_does_not_wait_for_a_request_in_flight(
     make_cluster: Callable[..., Cluster],
 ) -> None:

@@ -223,6 +223,54 @@ def test_second_membership_change_while_one_is_pending_is_409(cluster: Cluster) 
     assert_still_serving(cluster, leader)
 
 
+def send_together(port: int, requests: list[bytes]) -> list[Response]:
+    """Send raw HTTP requests on connections of their own at the same moment (so that
+    the node reads them in one loop turn), and parse each reply."""
+    sockets = [socket.create_connection((HOST, port), timeout=30) for _ in requests]
+    try:
+        for sock, data in zip(sockets, requests, strict=True):
+            sock.sendall(data)
+        replies = []
+        for sock in sockets:
+            reply = http.client.HTTPResponse(sock)
+            reply.begin()
+            replies.append(Response(reply.status, reply.read(), dict(reply.getheaders())))
+            reply.close()
+        return replies
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def add_learner_request(node_id: int) -> bytes:
+    body = json.dumps({"id": node_id, "url": f"http://127.0.0.1:{node_id}", "learner": True})
+    return (
+        f"POST /v1/members HTTP/1.1\r\nHost: {HOST}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}"
+    ).encode()
+
+
+def test_second_membership_change_through_a_follower_is_409(cluster: Cluster) -> None:
+    """Two changes that reach a follower together are forwarded to the leader together;
+    the leader takes the first and must not drop the second silently (which leaves
+    its client waiting for the request timeout and a 503 with an unknown outcome)."""
+    leader = cluster.leader_by_role()
+    follower = next(node_id for node_id in cluster.members if node_id != leader)
+    port = cluster.members[follower].port
+    for attempt in range(3):
+        ids = (10 + 2 * attempt, 11 + 2 * attempt)
+        replies = send_together(port, [add_learner_request(node_id) for node_id in ids])
+        statuses = sorted(reply.status for reply in replies)
+        for node_id in ids:
+            if node_id in {m["id"] for m in cluster.status(leader)["members"]}:
+                assert request(port, "DELETE", f"/v1/members/{node_id}").status == 204
+        if statuses != [201, 201]:
+            break
+        # Both went through one after the other: they did not overlap; try again.
+    assert statuses == [201, 409], [(reply.status, reply.body) for reply in replies]
+    assert_still_serving(cluster, follower)
+
+
 def test_no_leader_within_request_timeout_is_503_with_retry_after(cluster: Cluster) -> None:
     survivor = cluster.wait_leader()
     others = [node_id for node_id in cluster.members if node_id != survivor]

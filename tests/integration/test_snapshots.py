@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from raftkv.server import NodeOptions
-
 from .cluster import HOST, Cluster, request
 
 SNAPSHOT_COUNT = 50
-#: The log tail a leader keeps behind its snapshot (raftkvd has no flag for it).
-CATCH_UP_ENTRIES = NodeOptions(id=1, cluster=(), port=0).snapshot_catchup_entries
+#: The log tail a leader keeps behind its snapshot (small, so that a short run of
+#: writes outruns it).
+CATCH_UP_ENTRIES = 100
 SNAPSHOT_NAME = re.compile(r"([0-9a-f]{16})-[0-9a-f]{16}\.snap(\.tmp)?")
 
 
@@ -61,7 +60,15 @@ def snapshot_files(data_dir: Path) -> dict[str, tuple[int, int, bool]]:
 
 def start_cluster(make_cluster: Callable[..., Cluster]) -> tuple[Cluster, int, int]:
     """A 3-node cluster with RESP on; returns it, its leader and one follower."""
-    cluster = make_cluster(3, extra_args=["--snapshot-count", str(SNAPSHOT_COUNT)])
+    cluster = make_cluster(
+        3,
+        extra_args=[
+            "--snapshot-count",
+            str(SNAPSHOT_COUNT),
+            "--snapshot-catchup-entries",
+            str(CATCH_UP_ENTRIES),
+        ],
+    )
     cluster.enable_resp()
     cluster.start_all()
     leader = cluster.leader_by_role()
@@ -80,7 +87,9 @@ def stop_follower_and_outrun_its_log(
     longer reaches back to the follower's last entry. Returns that last index."""
     follower_last_index: int = cluster.status(follower)["last_index"]
     assert cluster.stop(follower) == 0
-    set_pipelined(cluster, leader, items, batch_bytes=2 << 20)
+    # One SET per round trip: a pipeline's writes are proposed as one log entry, and
+    # here the log must grow by an entry per item.
+    set_pipelined(cluster, leader, items, batch_bytes=1)
     status = cluster.wait_snapshot_past(leader, follower_last_index + CATCH_UP_ENTRIES)
     print(f"follower's last index {follower_last_index}; leader: {status}")
     return follower_last_index

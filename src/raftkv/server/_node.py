@@ -87,6 +87,8 @@ class Node:
         #: Set when the node stops because it learned of its removal from a peer: the
         #: one line to print before exiting with an error.
         self.refusal: str | None = None
+        self._ever_had_leader = False
+        self._removal_grace: asyncio.TimerHandle | None = None
         self.state_machine = KvStateMachine()
         # Request ids stay unique across restarts of this node: they start from the
         # wall clock in microseconds, which a node never outpaces.
@@ -95,12 +97,18 @@ class Node:
         #: Writes proposed by this node and not yet applied: re-proposed when the
         #: leader changes, since a forwarded proposal may have been lost.
         self._unapplied: dict[int, bytes] = {}
+        #: (time proposed, request id) of our writes, oldest first: a follower
+        #: proposes again a write not applied within an election timeout, since the
+        #: forward to the leader may have been dropped (its link down, say).
+        self._proposed_at: collections.deque[tuple[float, int]] = collections.deque()
         self._waiters: dict[int, asyncio.Future[Any]] = {}
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Any], int]] = (
             collections.deque()
         )
         self._proposals: list[bytes] = []
         self._conf_changes: list[tuple[ConfChange, asyncio.Future[Any]]] = []
+        self._conf_change_in_flight: asyncio.Future[Any] | None = None
+        self._conf_change_sent: tuple[ConfChange, float] | None = None
         self._reads: list[asyncio.Future[None]] = []
         self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
@@ -249,6 +257,7 @@ class Node:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._track(future, request_id)
         self._unapplied[request_id] = command
+        self._proposed_at.append((self._loop.time(), request_id))
         self._proposals.append(HEADER.pack(self.id, request_id, 0) + command)
         self._wake.set()
         return future
@@ -277,10 +286,17 @@ class Node:
         """Propose a membership change and wait until this node has applied it."""
         self.check_available()
         url = self._validate_change(change_type, node_id, url)
+        if self._conf_change_in_flight is not None and not self._conf_change_in_flight.done():
+            # The leader allows one pending change and would drop a second one that
+            # we forward without telling us: refuse it here.
+            raise errors.Conflict(
+                "a membership change is already in progress; retry once it is applied"
+            )
         request_id = next(self._request_ids)
         change = ConfChange(change_type, node_id, _encode_change_context(url, self.id, request_id))
         future: asyncio.Future[Any] = self._loop.create_future()
         self._track(future, request_id)
+        self._conf_change_in_flight = future
         self._conf_changes.append((change, future))
         self._wake.set()
         result: ConfState = await future
@@ -451,6 +467,7 @@ class Node:
             await asyncio.sleep(interval)
             self._raw.tick()
             self._expire()
+            self._retry_forwarded()
             self._wake.set()
 
     async def _run(self) -> None:
@@ -485,6 +502,7 @@ class Node:
                 if future.done():
                     continue
                 try:
+                    self._conf_change_sent = (change, self._loop.time())
                     raw.propose_conf_change(change)
                 except ConfChangePending as exc:
                     future.set_exception(errors.Conflict(str(exc)))
@@ -512,7 +530,9 @@ class Node:
         storage = self._storage
         if rd.snapshot is not None:
             async with self._snapshot_lock:
-                await asyncio.to_thread(storage.apply_snapshot, rd.snapshot)
+                # The file off the loop; the WAL marker and the in-memory log on it.
+                await asyncio.to_thread(storage.write_snapshot_file, rd.snapshot)
+                storage.install_snapshot(rd.snapshot)
             decoded = await asyncio.to_thread(_decode_snapshot, rd.snapshot.data)
             self._restore_snapshot(rd.snapshot, decoded)
         if rd.hard_state is not None:
@@ -544,6 +564,7 @@ class Node:
             self.metrics.leader_changes.inc()
             log.info("node %d: leader is now %d (role %s)", self.id, leader_id, role.name)
         if leader_id not in (0, self.leader_id):
+            self._ever_had_leader = True
             self._repropose()
         self.leader_id = leader_id
         self.role = role
@@ -553,6 +574,45 @@ class Node:
             for futures in self._read_rounds.values():
                 self._reads.extend(futures)
             self._read_rounds.clear()
+
+    def _retry_forwarded(self) -> None:
+        now = self._loop.time()
+        horizon = now - self.options.election_ticks * self.options.tick_ms / 1000
+        proposed_at = self._proposed_at
+        if not proposed_at or proposed_at[0][0] > horizon:
+            self._retry_conf_change(now, horizon)
+            return
+        unapplied = self._unapplied
+        stale = []
+        while proposed_at and proposed_at[0][0] <= horizon:
+            request_id = proposed_at.popleft()[1]
+            if request_id in unapplied:
+                stale.append(request_id)
+        self._retry_conf_change(now, horizon)
+        if not stale or self.role is Role.LEADER or self.leader_id == 0:
+            # A leader's own proposals are in its log (lost only with leadership,
+            # which re-proposes them); without a leader they wait in the queue.
+            return
+        base = self.applied_index
+        pack = HEADER.pack
+        self._proposals.extend(pack(self.id, rid, base) + unapplied[rid] for rid in stale)
+        proposed_at.extend((now, rid) for rid in stale)
+        log.info("node %d: re-proposing %d writes not applied in time", self.id, len(stale))
+
+    def _retry_conf_change(self, now: float, horizon: float) -> None:
+        """Forward our membership change again if it is not applied in time: the
+        leader drops (without telling us) a change it cannot take yet. A second copy
+        is harmless: the leader refuses a change that is already made, and applying
+        one twice changes nothing."""
+        pending = self._conf_change_sent
+        future = self._conf_change_in_flight
+        if pending is None or future is None or future.done():
+            return
+        change, sent_at = pending
+        if sent_at > horizon or self.role is Role.LEADER or self.leader_id == 0:
+            return
+        self._conf_change_sent = (change, now)
+        self._conf_changes.append((change, future))
 
     def _repropose(self) -> None:
         """Propose again every write of ours not yet applied: the old leader may have
@@ -664,9 +724,17 @@ class Node:
             self._transport.remove_peer(node_id)
 
     def _on_removed_by_peer(self, peer_id: int) -> None:
-        """A peer refused us as removed: the cluster committed our removal while we
-        were away, so the log entry that says so will never reach us."""
-        if self.removed.is_set():
+        """A peer refused us as removed: the cluster has committed our removal.
+
+        A node that has heard from a leader since it started was removed while
+        running, and the entry saying so may still be on its way: it gets a grace
+        period to apply it and leave the ordinary way. A node that never heard from
+        a leader was removed while it was down; no peer will send it that entry."""
+        if self.removed.is_set() or self._removal_grace is not None:
+            return
+        if self._ever_had_leader:
+            grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
+            self._removal_grace = self._loop.call_later(grace_s, self._removed_by_peer_late)
             return
         self.refusal = (
             f"node {self.id} was removed from the cluster while it was down (peer "
@@ -674,6 +742,10 @@ class Node:
             "join again as a new member"
         )
         self._on_removed()
+
+    def _removed_by_peer_late(self) -> None:
+        if not self.removed.is_set() and not self._stopping:
+            self._on_removed()
 
     def _on_removed(self) -> None:
         log.warning("node %d: removed from the cluster; shutting down", self.id)

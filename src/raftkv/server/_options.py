@@ -101,6 +101,8 @@ class NodeOptions:
                 raise OptionsError(f"{flag} {port} is not a TCP port")
         if self.snapshot_count_entries <= 0:
             raise OptionsError("--snapshot-count must be positive")
+        if self.snapshot_catchup_entries < 0:
+            raise OptionsError("--snapshot-catchup-entries must be >= 0")
         if self.max_value_bytes <= 0:
             raise OptionsError("--max-value-bytes must be positive")
         if self.request_timeout_s <= 0:
@@ -131,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--listen-host", default="127.0.0.1", help="address the APIs bind to")
     parser.add_argument("--snapshot-count", type=int, default=10_000)
+    parser.add_argument(
+        "--snapshot-catchup-entries",
+        type=int,
+        default=5_000,
+        help="log entries kept behind a snapshot for slow followers",
+    )
     parser.add_argument("--max-value-bytes", type=int, default=1 << 20)
     parser.add_argument(
         "--request-timeout", type=float, default=5.0, help="seconds to wait for a leader/commit"
@@ -153,6 +161,7 @@ def options_from_args(args: argparse.Namespace) -> NodeOptions:
         rpc_port=args.rpc_port,
         listen_host=args.listen_host,
         snapshot_count_entries=args.snapshot_count,
+        snapshot_catchup_entries=args.snapshot_catchup_entries,
         max_value_bytes=args.max_value_bytes,
         request_timeout_s=args.request_timeout,
         tick_ms=args.tick_ms,

@@ -212,14 +212,33 @@ class DiskStorage:
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Install a snapshot received from the leader, replacing the whole log:
-        the snapshot file first, then its WAL marker (synced), then the cache."""
+        the snapshot file first, then its WAL marker (synced), then the cache.
+
+        All on the calling thread; a host that must not block on the file write
+        calls `write_snapshot_file` (any thread) then `install_snapshot`."""
+        self._check_installable(snapshot)
+        self.write_snapshot_file(snapshot)
+        self.install_snapshot(snapshot)
+
+    def install_snapshot(self, snapshot: Snapshot) -> None:
+        """After `write_snapshot_file` of a received snapshot: its WAL marker
+        (synced), then the cache, replaced by the snapshot."""
+        self._check_installable(snapshot)
+        marker = SnapshotMarker(snapshot.metadata.index, snapshot.metadata.term)
+        # Rule 1 of the package docstring: never a marker without its file.
+        if not self._snapshotter.path_for(marker).is_file():
+            raise ValueError(f"the file of {marker} was not written; call write_snapshot_file")
+        self._wal.save_snapshot(marker)
+        self._wal.sync()
+        self._snapshotter.prune()
+        self._cache.apply_snapshot(snapshot)
+
+    def _check_installable(self, snapshot: Snapshot) -> None:
         held = self._cache.snapshot().metadata.index
         if snapshot.metadata.index < held:
             raise SnapshotOutOfDateError(
                 f"snapshot at {snapshot.metadata.index} is older than the held one at {held}"
             )
-        self._persist_snapshot(snapshot)
-        self._cache.apply_snapshot(snapshot)
 
     def create_snapshot(self, index: int, conf_state: ConfState | None, data: bytes) -> Snapshot:
         """Record a snapshot of the state machine as of `index` (already applied):
@@ -281,12 +300,6 @@ class DiskStorage:
             snapshot.metadata.index, snapshot.metadata.conf_state, snapshot.data
         )
         assert created == snapshot
-
-    def _persist_snapshot(self, snapshot: Snapshot) -> None:
-        self._snapshotter.save(snapshot)
-        self._wal.save_snapshot(SnapshotMarker(snapshot.metadata.index, snapshot.metadata.term))
-        self._wal.sync()
-        self._snapshotter.prune()
 
     def compact(self, index: int) -> None:
         """Entries up to `index` (at most the newest snapshot's index) are no longer

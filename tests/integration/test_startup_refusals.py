@@ -118,6 +118,20 @@ def test_refuses_bad_flags(make_cluster: Callable[..., Cluster], tmp_path: Path)
         assert not (tmp_path / case).exists(), f"{case}: a refused start created its data dir"
 
 
+def test_removed_node_restarted_on_its_old_data_dir_refuses(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    cluster = make_cluster(3)
+    cluster.start_all()
+    cluster.wait_leader()
+    assert cluster.put(1, "before", "removal").status == 204
+    reply = request(cluster.members[1].port, "DELETE", "/3")
+    assert reply.status == 204, reply
+    assert cluster.wait_exit(3) == 0, cluster.log(3)
+    assert_refused(cluster.run_to_exit(3), "removed", str(cluster.members[3].data_dir))
+    assert cluster.put(2, "after", "removal").status == 204
+
+
 def test_node_removed_while_down_does_not_rejoin_when_restarted(
     make_cluster: Callable[..., Cluster],
 ) -> None:

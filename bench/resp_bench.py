@@ -13,34 +13,16 @@ Prints a table, then one JSON object as the last line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import json
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-HOST = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from _common import HOST, free_ports, processes, start_raftkv_nodes, wait_until
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -50,62 +32,8 @@ def redis_cli(port: int, *args: str) -> str:
     return result.stdout.strip()
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError, subprocess.TimeoutExpired):
-            if predicate():  # type: ignore[operator]
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def start_raftkv(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
-    ports = free_ports(9)
-    peers = ",".join(f"http://{HOST}:{port}" for port in ports[:3])
-    rest_ports, rpc_ports = ports[3:6], ports[6:9]
-    for node_id in (1, 2, 3):
-        log = (workdir / f"raftkv-{node_id}.log").open("wb")
-        started.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "raftkv.server",
-                    "--id",
-                    str(node_id),
-                    "--cluster",
-                    peers,
-                    "--port",
-                    str(rest_ports[node_id - 1]),
-                    "--rpc-port",
-                    str(rpc_ports[node_id - 1]),
-                    "--data-dir",
-                    str(workdir / f"raftkv-{node_id}"),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    _, rpc_ports = start_raftkv_nodes(workdir, started, rpc=True)
 
     def leader_port() -> int:
         for port in rpc_ports:

@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
 import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from _common import HOST, free_ports, processes, start_raftkv_nodes, wait_until
+
 KEYS = 10_000
 VALUE_BYTES = 100
 
@@ -78,19 +75,6 @@ end
 """
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def http_request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
     connection = http.client.HTTPConnection(HOST, port, timeout=10)
     try:
@@ -101,62 +85,8 @@ def http_request(port: int, method: str, path: str, body: bytes | None = None) -
         connection.close()
 
 
-def wait_until(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, ValueError, KeyError):
-            if predicate():  # type: ignore[operator]
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"timed out waiting for {what}")
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        yield started
-    finally:
-        for process in started:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(signal.SIGTERM)
-        for process in started:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
 def start_raftkv(workdir: Path, started: list[subprocess.Popen[bytes]]) -> int:
-    ports = free_ports(6)
-    peers = ",".join(f"http://{HOST}:{port}" for port in ports[:3])
-    rest_ports = ports[3:]
-    for node_id in (1, 2, 3):
-        log = (workdir / f"raftkv-{node_id}.log").open("wb")
-        started.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "raftkv.server",
-                    "--id",
-                    str(node_id),
-                    "--cluster",
-                    peers,
-                    "--port",
-                    str(rest_ports[node_id - 1]),
-                    "--rpc-port",
-                    "0",
-                    "--data-dir",
-                    str(workdir / f"raftkv-{node_id}"),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
+    rest_ports, _ = start_raftkv_nodes(workdir, started, rpc=False)
 
     def leader() -> int:
         status, body = http_request(rest_ports[0], "GET", "/v1/status")

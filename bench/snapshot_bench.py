@@ -17,7 +17,6 @@ import contextlib
 import http.client
 import json
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,21 +25,7 @@ import time
 from pathlib import Path
 
 import redis
-
-HOST = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from _common import HOST, free_ports
 
 
 def post(port: int, path: str) -> dict[str, object]:

@@ -110,7 +110,8 @@ class Node:
         self._conf_change_in_flight: asyncio.Future[Any] | None = None
         self._conf_change_sent: tuple[ConfChange, float] | None = None
         self._reads: list[asyncio.Future[None]] = []
-        self._read_rounds: dict[bytes, list[asyncio.Future[None]]] = {}
+        #: ReadIndex rounds in flight: context -> (time issued, the reads it serves).
+        self._read_rounds: dict[bytes, tuple[float, list[asyncio.Future[None]]]] = {}
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
@@ -121,6 +122,14 @@ class Node:
         #: the WAL, which only one writer may do at a time.
         self._snapshot_lock = asyncio.Lock()
         self._lag_max_s = 0.0
+        #: How long a forwarded request may go unanswered before it is sent again: an
+        #: election timeout, but within a quarter of the request timeout, so that a
+        #: node tuned for slow elections still retries before its clients give up.
+        options = self.options
+        self._retry_after_s = min(
+            options.election_ticks * options.tick_ms / 1000,
+            max(5 * options.tick_ms / 1000, options.request_timeout_s / 4),
+        )
         #: Figures of the last snapshot this node took (for /v1/snapshot and logs).
         self.last_snapshot: dict[str, Any] = {}
         self._stopping = False
@@ -517,7 +526,7 @@ class Node:
                 context = next(self._read_contexts).to_bytes(8, "big")
                 try:
                     raw.read_index(context)
-                    self._read_rounds[context] = reads
+                    self._read_rounds[context] = (self._loop.time(), reads)
                 except ProposalDropped:
                     self._reads = reads
 
@@ -544,9 +553,9 @@ class Node:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for read_state in rd.read_states:
-            futures = self._read_rounds.pop(read_state.request_ctx, None)
-            if futures:
-                self._read_ready.append((read_state.index, futures))
+            issued = self._read_rounds.pop(read_state.request_ctx, None)
+            if issued is not None:
+                self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
         if rd.entries or rd.hard_state is not None:
             storage.append(rd.entries, rd.hard_state)
@@ -571,13 +580,14 @@ class Node:
         self.metrics.is_leader.set(1 if role is Role.LEADER else 0)
         if leader_id == 0:
             # The read rounds in flight will never be answered by the old leader.
-            for futures in self._read_rounds.values():
+            for _, futures in self._read_rounds.values():
                 self._reads.extend(futures)
             self._read_rounds.clear()
 
     def _retry_forwarded(self) -> None:
         now = self._loop.time()
-        horizon = now - self.options.election_ticks * self.options.tick_ms / 1000
+        horizon = now - self._retry_after_s
+        self._retry_reads(horizon)
         proposed_at = self._proposed_at
         if not proposed_at or proposed_at[0][0] > horizon:
             self._retry_conf_change(now, horizon)
@@ -598,6 +608,18 @@ class Node:
         self._proposals.extend(pack(self.id, rid, base) + unapplied[rid] for rid in stale)
         proposed_at.extend((now, rid) for rid in stale)
         log.info("node %d: re-proposing %d writes not applied in time", self.id, len(stale))
+
+    def _retry_reads(self, horizon: float) -> None:
+        """Ask again for the reads of rounds not answered in time: a ReadIndex request
+        forwarded to the leader is lost if the link was down or leadership moved.
+        Rounds whose reads all ended (timed out) are dropped."""
+        rounds = self._read_rounds
+        if not rounds:
+            return
+        for context, (issued_at, futures) in list(rounds.items()):
+            if issued_at <= horizon:
+                del rounds[context]
+                self._reads.extend(future for future in futures if not future.done())
 
     def _retry_conf_change(self, now: float, horizon: float) -> None:
         """Forward our membership change again if it is not applied in time: the

@@ -172,6 +172,9 @@ def test_unknown_v1_path_is_404(cluster: Cluster) -> None:
         ("DELETE", "/v1/members", "GET, POST"),
         ("POST", "/v1/kv", "GET"),
         ("GET", "/v1/leader", "POST"),
+        ("PUT", "/health", "GET"),
+        ("PUT", "/metrics", "GET"),
+        ("DELETE", "/health", "GET"),
     ],
 )
 def test_wrong_method_is_405_with_allow(

@@ -38,6 +38,8 @@ _STATUS_OF: list[tuple[type[errors.RaftkvError], int]] = [
 ]
 
 _ROOT_METHODS = "GET, PUT, POST, DELETE"
+#: Root paths the API itself answers (GET only), so not usable as keys at the root.
+_RESERVED_PATHS = frozenset({"health", "metrics"})
 #: The methods of each fixed /v1 path, for the 405 answer to any other method.
 _V1_METHODS = {
     "/v1/status": "GET",
@@ -113,6 +115,14 @@ class RestApi:
     async def root(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
         method = request.method
+        if key in _RESERVED_PATHS:
+            # GET /health and GET /metrics are the API's own: a key stored under
+            # those names could never be read back at the root.
+            return web.json_response(
+                {"error": f"method {method} is not allowed on /{key}; use /v1/kv/{key}"},
+                status=405,
+                headers={"Allow": "GET"},
+            )
         if method == "PUT":
             await self._put(_key_bytes(key), await self._read_value(request))
             return web.Response(status=204)

@@ -115,6 +115,8 @@ class Node:
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
+        #: Set (and replaced) on every change of the known leader.
+        self._leader_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_index = 0
         self._snapshot_task: asyncio.Task[None] | None = None
@@ -338,12 +340,12 @@ class Node:
         except ProposalDropped as exc:
             raise errors.NoLeader(str(exc)) from None
         self._wake.set()
-        deadline = time.monotonic() + self.options.request_timeout_s
-        while time.monotonic() < deadline:
-            if self.leader_id == transferee:
-                return
-            await asyncio.sleep(self.options.tick_ms / 1000)
-        raise errors.Timeout(f"leadership did not move to node {transferee} in time")
+        try:
+            async with asyncio.timeout(self.options.request_timeout_s):
+                while self.leader_id != transferee:
+                    await self._leader_changed.wait()
+        except TimeoutError:
+            raise errors.Timeout(f"leadership did not move to node {transferee} in time") from None
 
     def status(self) -> dict[str, Any]:
         status = self._raw.status()
@@ -575,6 +577,10 @@ class Node:
         if leader_id not in (0, self.leader_id):
             self._ever_had_leader = True
             self._repropose()
+        if leader_id != self.leader_id:
+            # Wake everyone waiting for a leader change, then re-arm for the next.
+            self._leader_changed.set()
+            self._leader_changed = asyncio.Event()
         self.leader_id = leader_id
         self.role = role
         self.metrics.is_leader.set(1 if role is Role.LEADER else 0)

@@ -453,16 +453,56 @@ def decode_fields(fields: object) -> Command:
     return _decode_tagged(fields)
 
 
-def decode_command(data: bytes) -> Command:
-    """Decode an entry's data. Raises `InvalidCommand` for anything that is not
-    exactly one well-formed command."""
+def unpack_entry(data: bytes) -> object:
+    """The msgpack value of an entry's data; raises `InvalidCommand` if it is not
+    msgpack. `decode_fields` (or `plain_puts`) takes it from there."""
     try:
-        fields = msgpack.unpackb(data)
+        return msgpack.unpackb(data)
     except Exception as error:  # msgpack raises several types for malformed input
         raise InvalidCommand(
             f"entry data is not msgpack ({type(error).__name__}: {error})"
         ) from None
-    return decode_fields(fields)
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode an entry's data. Raises `InvalidCommand` for anything that is not
+    exactly one well-formed command."""
+    return decode_fields(unpack_entry(data))
+
+
+def _is_plain_put(fields: object) -> bool:
+    return (
+        type(fields) is list
+        and len(fields) == 4
+        and type(fields[0]) is int
+        and fields[0] == Opcode.PUT
+        and type(fields[1]) is bytes
+        and type(fields[2]) is bytes
+        and type(fields[3]) is int
+        and fields[3] == PutCondition.ALWAYS
+    )
+
+
+def plain_puts(fields: object) -> list[list[Any]] | None:
+    """The `[opcode, key, value, condition]` items of an unpacked entry that is a
+    plain put or a batch of nothing but plain puts (what SET and PUT send), already
+    checked exactly as `decode_fields` would check them; None for anything else.
+
+    The state machine applies these without building a `Put` for each: that is most
+    of the cost of applying a write."""
+    if type(fields) is not list or not fields:
+        return None
+    if len(fields) == 2 and type(fields[0]) is int and fields[0] == Opcode.BATCH:
+        items = fields[1]
+        if type(items) is not list:
+            return None
+        for item in items:
+            if not _is_plain_put(item):
+                return None
+        return items
+    if _is_plain_put(fields):
+        return [fields]
+    return None
 
 
 # --------------------------------------------------------------------------- result codec

@@ -596,7 +596,7 @@ class KvStateMachine:
                 puts = plain_puts(fields)
                 if puts is not None:
                     results = self._put_all(puts)
-                    return results if len(fields) == 2 else results[0]
+                    return results[0] if puts[0] is fields else results
             command = decode_fields(fields)
         except InvalidCommand as error:
             return CommandError(ErrorCode.MALFORMED, f"malformed command: {error}")

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 
-from aiohttp import web
-
+from ._http import HttpServer
 from ._node import Node, StartupError
 from ._options import NodeOptions
 from ._resp import RespServer
@@ -24,7 +22,7 @@ class Server:
     def __init__(self, options: NodeOptions) -> None:
         self.options = options
         self.node = Node(options)
-        self._runner: web.AppRunner | None = None
+        self.rest: HttpServer | None = None
         self.resp: RespServer | None = None
 
     async def start(self) -> None:
@@ -40,15 +38,19 @@ class Server:
 
     async def _start_rest(self) -> None:
         options = self.options
-        runner = web.AppRunner(RestApi(self.node).make_app(), access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runner = runner
-        site = web.TCPSite(runner, options.listen_host, options.port, reuse_address=True)
+        api = RestApi(self.node)
+        rest = HttpServer(
+            api.handle,
+            max_body_bytes=options.max_value_bytes,
+            too_large=api.too_large,
+            on_response=api.count_response,
+        )
         try:
-            await site.start()
+            await rest.start(options.listen_host, options.port)
         except OSError as exc:
             message = _bind_error("REST", options.listen_host, options.port, exc)
             raise StartupError(message) from None
+        self.rest = rest
         log.info("node %d serving REST on %s:%d", options.id, options.listen_host, options.port)
 
     async def _start_resp(self) -> None:
@@ -63,17 +65,16 @@ class Server:
         log.info("node %d serving RESP on %s:%d", options.id, options.listen_host, resp.port)
 
     async def stop(self) -> None:
-        """Stop serving. The node stops before the REST runner drains, so requests
-        still waiting (say, for a quorum) fail at once instead of holding up the
-        shutdown until their timeout."""
+        """Stop serving. The node stops before the REST server closes, so requests
+        still waiting (say, for a quorum) fail at once (503) instead of holding up
+        the shutdown until their timeout."""
         if self.resp is not None:
             resp, self.resp = self.resp, None
             await resp.stop()
         await self.node.stop()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
+        if self.rest is not None:
+            rest, self.rest = self.rest, None
+            await rest.stop()
 
     async def wait_removed(self) -> None:
         await self.node.removed.wait()

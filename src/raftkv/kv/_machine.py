@@ -596,7 +596,8 @@ class KvStateMachine:
                 puts = plain_puts(fields)
                 if puts is not None:
                     results = self._put_all(puts)
-                    return results[0] if puts[0] is fields else results
+                    single = len(puts) == 1 and puts[0] is fields  # not a batch of one
+                    return results[0] if single else results
             command = decode_fields(fields)
         except InvalidCommand as error:
             return CommandError(ErrorCode.MALFORMED, f"malformed command: {error}")

@@ -22,12 +22,12 @@ Bounds: the request line and each header at most `MAX_LINE_BYTES`, at most
 `MAX_HEADERS` headers, a request head at most `MAX_HEAD_BYTES` (plus one read) in
 the parser's buffer; a body at most `max_body_bytes` (a larger declared length gets
 413 at once, before `100 Continue` and without reading the body; a chunked body is
-cut off with 413 when it grows past the limit). A connection with
-`MAX_PENDING_REQUESTS` replies outstanding, or whose transport asks to pause
-writing (a client that does not read), stops reading until that clears; requests
-already in the read being parsed still run, so the overshoot is at most one read.
-A connection idle (no request outstanding, nothing received) for `idle_timeout_s`
-is closed.
+cut off with 413 when it grows past the limit). A connection stops reading while
+`MAX_PENDING_REQUESTS` requests are queued (pipelining), and stops reading and
+serving while its transport asks to pause writing (a client that does not read its
+replies), so what the node buffers for one connection is bounded by one read of
+requests and one reply beyond the transport's high-water mark. A connection idle
+(nothing queued, nothing received) for `idle_timeout_s` is closed.
 """
 
 from __future__ import annotations
@@ -250,6 +250,8 @@ class HttpConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.write_paused = False
         self._update_reading()
+        if self.serving is None:
+            self._advance()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -411,6 +413,8 @@ class HttpConnection(asyncio.Protocol):
                 continue
             task = self.serving
             if task is None:
+                if self.write_paused:  # The client is not reading: serve no more.
+                    break
                 task = asyncio.get_running_loop().create_task(self._serve(cast(Request, head)))
                 task.add_done_callback(self._advance_callback)
                 self.serving = task

@@ -213,12 +213,12 @@ class HttpConnection(asyncio.Protocol):
         #: Request is waiting to be served or (at the head) being served.
         self.queue: collections.deque[bytes | Request] = collections.deque()
         #: invariant: not None only while the Request at the head of the queue is served.
-        self.serving: asyncio.Task[bytes] | None = None
+        self.serving: asyncio.Task[None] | None = None
         self.closing = False
         self.last_active = 0.0
         self.read_paused = False
         self.write_paused = False
-        self._advance_callback = self._advance
+        self._loop = asyncio.get_running_loop()
         # The request being parsed.
         self._url: list[bytes] = []
         self._body: list[bytes] = []
@@ -235,7 +235,7 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's transports do not derive from asyncio's.
         self.transport = cast(asyncio.Transport, transport)
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._loop.time()
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -256,7 +256,7 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self._loop.time()
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -353,13 +353,24 @@ class HttpConnection(asyncio.Protocol):
 
     # --- replies -------------------------------------------------------------------------
 
-    async def _serve(self, request: Request) -> bytes:
+    async def _serve(self, request: Request) -> None:
+        """Serve the request at the head of the queue, then write its reply (and any
+        ready behind it) and start the next. The task writes its own reply rather
+        than leaving it to a done callback, which would cost one more loop turn."""
         try:
             response = await self.server.handler(request)
         except Exception as exc:
             log.exception("unexpected error serving %s %s", request.method, request.path)
             response = error_json(500, f"internal error: {exc}")
-        return self._render(response, request)
+        except asyncio.CancelledError:  # The server is stopping: nothing more here.
+            self.queue.clear()
+            self.closing = True
+            self.serving = None
+            raise
+        assert self.queue[0] is request
+        self.queue.popleft()
+        self.serving = None
+        self._advance(self._render(response, request))
 
     def _render(self, response: Response, request: Request | None) -> bytes:
         status = response.status
@@ -372,7 +383,11 @@ class HttpConnection(asyncio.Protocol):
             head = _STATUS_LINES_11.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status
             keep_alive = request is not None and request.keep_alive
             connection = b"" if keep_alive else b"Connection: close\r\n"
-        extra = b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in response.headers)
+        extra = (
+            b"".join(b"%s: %s\r\n" % (n.encode(), v.encode()) for n, v in response.headers)
+            if response.headers
+            else b""
+        )
         if status == 204 or status == 304 or status < 200:
             return b"%s%s%s\r\n" % (head, extra, connection)
         body = response.body
@@ -400,33 +415,19 @@ class HttpConnection(asyncio.Protocol):
         if self.serving is None:
             self._advance()
 
-    def _advance(self, _done: object = None) -> None:
-        """Write the replies that are ready, in order, and start serving the next
-        request; close the connection when it is closing and nothing is left."""
+    def _advance(self, reply: bytes = b"") -> None:
+        """Write `reply` and the replies queued behind it, in order, and start
+        serving the next request; close the connection when it is closing and
+        nothing is left. Called only while no request is being served."""
         queue = self.queue
-        out: list[bytes] = []
+        out = [reply] if reply else []
         while queue:
             head = queue[0]
-            if type(head) is bytes:
-                out.append(head)
-                queue.popleft()
-                continue
-            task = self.serving
-            if task is None:
-                if self.write_paused:  # The client is not reading: serve no more.
-                    break
-                task = asyncio.get_running_loop().create_task(self._serve(cast(Request, head)))
-                task.add_done_callback(self._advance_callback)
-                self.serving = task
+            if type(head) is not bytes:
+                if not self.write_paused:  # Else the client is not reading: wait.
+                    self.serving = self._loop.create_task(self._serve(cast(Request, head)))
                 break
-            if not task.done():
-                break
-            self.serving = None
-            if task.cancelled():  # The server is stopping.
-                queue.clear()
-                self.closing = True
-                break
-            out.append(task.result())
+            out.append(head)
             queue.popleft()
         transport = self.transport
         if transport is None:  # The client has gone: nothing more to serve.
@@ -454,7 +455,7 @@ class HttpConnection(asyncio.Protocol):
 
     # --- lifetime ------------------------------------------------------------------------
 
-    def pending_task(self) -> asyncio.Task[bytes] | None:
+    def pending_task(self) -> asyncio.Task[None] | None:
         task = self.serving
         return task if task is not None and not task.done() else None
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -115,6 +116,10 @@ class Node:
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
+        #: The WAL's fsyncs run here, one at a time, while the loop goes on.
+        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"raftkv-{options.id}-fsync"
+        )
         #: Set (and replaced) on every change of the known leader.
         self._leader_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -248,6 +253,8 @@ class Node:
                 await self._snapshot_task
         await self._transport.stop()
         self._fail_everything(errors.Unavailable("the node is shutting down"))
+        # A cancelled Ready may have left its fsync running: let it end first.
+        self._sync_executor.shutdown(wait=True)
         self._storage.close()
 
     # --- the API for request handlers ------------------------------------------------
@@ -538,6 +545,7 @@ class Node:
         transport = self._transport
         if rd.early_messages:
             transport.send(rd.early_messages)
+            transport.flush()  # before the apply below holds the loop
         storage = self._storage
         if rd.snapshot is not None:
             async with self._snapshot_lock:
@@ -549,9 +557,15 @@ class Node:
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
             self.committed_index = rd.hard_state.commit
-        # Committed entries are durable on a quorum already, so they are applied (and
-        # their clients answered) before this Ready's own write: that saves a client
-        # one fsync of waiting. Only the messages below depend on the write.
+        if rd.entries or rd.hard_state is not None:
+            storage.append(rd.entries, rd.hard_state)
+        synced = None
+        if rd.must_sync:
+            # The fsync releases the GIL: the worker thread syncs while this thread
+            # applies. Committed entries are durable on a quorum already, so they are
+            # applied (and their clients answered) without waiting for this write.
+            # Only the messages below depend on it.
+            synced = self._loop.run_in_executor(self._sync_executor, self._timed_sync)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for read_state in rd.read_states:
@@ -559,16 +573,20 @@ class Node:
             if issued is not None:
                 self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
-        if rd.entries or rd.hard_state is not None:
-            storage.append(rd.entries, rd.hard_state)
-        if rd.must_sync:
-            started = time.perf_counter()
-            await asyncio.to_thread(storage.sync)
-            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+        if synced is not None:
+            self.metrics.fsync_seconds.observe(await synced)
         if rd.messages:
             transport.send(rd.messages)
+            transport.flush()  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
+
+    def _timed_sync(self) -> float:
+        """Run in the fsync thread: make the appended entries durable; returns the
+        seconds it took."""
+        started = time.perf_counter()
+        self._storage.sync()
+        return time.perf_counter() - started
 
     def _on_soft_state(self, leader_id: int, role: Role) -> None:
         if leader_id != self.leader_id:

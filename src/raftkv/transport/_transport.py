@@ -221,6 +221,14 @@ class Transport:
                 continue
             peer.push(message)
 
+    def flush(self) -> None:
+        """Write what `send` queued now, instead of later in this loop turn: for a
+        caller about to hold the loop (applying entries, say) while its messages
+        should already be on their way."""
+        for peer in self._peers.values():
+            if peer.flush_scheduled:
+                peer.flush()
+
     def add_peer(self, peer_id: int, host: str, port: int) -> None:
         """Start talking to a new peer, or move a known peer to a new address."""
         self._check_peer_id(peer_id)

@@ -269,6 +269,59 @@ def test_pipelined_commands(r: redis.Redis, key_prefix: str) -> None:
     assert replies[204] == [b"0", b"199"]
 
 
+def _set(key: bytes, value: bytes) -> bytes:
+    return b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(key), key, len(value), value)
+
+
+def _get(key: bytes) -> bytes:
+    return b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key), key)
+
+
+def _bulk(value: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def _exchange(port: int, requests: list[bytes], expected: list[bytes]) -> None:
+    """Send every request before reading any reply; the replies must be `expected`."""
+    want = b"".join(expected)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"".join(requests))
+        replies = bytearray()
+        while len(replies) < len(want):
+            chunk = sock.recv(65536)
+            assert chunk, f"connection closed after {len(replies)} bytes of replies"
+            replies += chunk
+    assert bytes(replies) == want
+
+
+def test_reads_in_a_pipeline_see_exactly_the_writes_before_them(
+    shared_cluster: RespCluster, key_prefix: str
+) -> None:
+    k = key_prefix.encode()
+    requests, expected = [_set(k, b"start"), _get(k)], [b"+OK\r\n", _bulk(b"start")]
+    for i in range(1, 40):
+        value = b"%d" % i
+        requests += [_get(k), _set(k, value), _get(k)]
+        expected += [_bulk(b"%d" % (i - 1) if i > 1 else b"start"), b"+OK\r\n", _bulk(value)]
+    _exchange(shared_cluster.rpc_port(2), requests, expected)
+
+
+def test_a_long_unread_pipeline_is_answered_in_order(
+    shared_cluster: RespCluster, key_prefix: str
+) -> None:
+    """More requests than a connection may have replies pending (reading pauses, then
+    resumes as replies drain): runs of writes, reads and immediate replies; the
+    client reads nothing until it has sent everything."""
+    k = key_prefix.encode()
+    requests: list[bytes] = []
+    expected: list[bytes] = []
+    for run in range(10):
+        value = b"%d" % run
+        requests += [_set(k, value)] * 1000 + [_get(k)] * 1000 + [b"*1\r\n$4\r\nPING\r\n"] * 500
+        expected += [b"+OK\r\n"] * 1000 + [_bulk(value)] * 1000 + [b"+PONG\r\n"] * 500
+    _exchange(shared_cluster.rpc_port(2), requests, expected)
+
+
 def send_slowly(port: int, data: bytes, piece_bytes: int, expect_replies: int) -> bytes:
     """Send `data` a few bytes at a time, so that requests are split across reads at
     every position; returns the replies (as many lines as `expect_replies`)."""

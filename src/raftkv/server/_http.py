@@ -27,7 +27,8 @@ cut off with 413 when it grows past the limit). A connection stops reading while
 serving while its transport asks to pause writing (a client that does not read its
 replies), so what the node buffers for one connection is bounded by one read of
 requests and one reply beyond the transport's high-water mark. A connection idle
-(nothing queued, nothing received) for `idle_timeout_s` is closed.
+for `idle_timeout_s` is closed: nothing queued and nothing received, or a client that
+has read none of its replies.
 """
 
 from __future__ import annotations
@@ -194,6 +195,8 @@ class HttpServer:
             return
         server, self._server = self._server, None
         server.close()
+        for connection in self.connections:
+            connection.closing = True  # Read nothing more; close once answered.
         pending = [task for c in self.connections if (task := c.pending_task()) is not None]
         if pending:
             _, still = await asyncio.wait(pending, timeout=grace_s)
@@ -249,6 +252,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_active = self._loop.time()
         self._update_reading()
         if self.serving is None:
             self._advance()
@@ -460,7 +464,11 @@ class HttpConnection(asyncio.Protocol):
         return task if task is not None and not task.done() else None
 
     def close_if_idle(self, idle_since: float) -> None:
-        if not self.queue and self.last_active < idle_since and self.transport is not None:
+        """Close the connection if nothing happened on it since `idle_since`: no
+        request queued and nothing received, or its client has not read any of
+        its replies (writing stayed paused)."""
+        idle = not self.queue or self.write_paused
+        if idle and self.last_active < idle_since and self.transport is not None:
             self.closing = True
             self.transport.close()
 

@@ -18,6 +18,8 @@ import json
 import re
 from typing import Any
 
+from prometheus_client import Counter
+
 from .. import errors
 from ..kv import (
     CasResult,
@@ -78,7 +80,7 @@ class RestApi:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.max_value_bytes = node.options.max_value_bytes
-        self._request_counters: dict[int, Any] = {}
+        self._request_counters: dict[int, Counter] = {}
 
     # --- hooks for the HTTP server -------------------------------------------------------
 

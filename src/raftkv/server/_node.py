@@ -265,14 +265,17 @@ class Node:
         if self._stopping:
             raise errors.Unavailable("the node is shutting down")
 
-    def submit_write(self, command: bytes) -> asyncio.Future[Any]:
-        """Queue one state machine command for replication. The future resolves to
-        its result once the entry is applied here; it fails with `NoLeader` or
-        `Timeout` after the request timeout. Writes queued in one loop turn are
-        proposed as one batch."""
+    def submit_write(
+        self, command: bytes, future: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Queue one state machine command for replication. The future (`future` if
+        given, else a new one) resolves to its result once the entry is applied here;
+        it fails with `NoLeader` or `Timeout` after the request timeout. Writes
+        queued in one loop turn are proposed together."""
         self.check_available()
         request_id = next(self._request_ids)
-        future: asyncio.Future[Any] = self._loop.create_future()
+        if future is None:
+            future = self._loop.create_future()
         self._track(future, request_id)
         self._unapplied[request_id] = command
         self._proposed_at.append((self._loop.time(), request_id))
@@ -543,9 +546,15 @@ class Node:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
         transport = self._transport
-        if rd.early_messages:
-            transport.send(rd.early_messages)
-            transport.flush()  # before the apply below holds the loop
+        early = rd.early_messages
+        if early and (rd.entries or not rd.committed_entries):
+            # Appends of new entries (or heartbeats): on their way before the apply
+            # below holds the loop. A Ready that only commits sends its appends,
+            # which just carry the new commit index, after applying, which answers
+            # the clients waiting on those entries.
+            transport.send(early)
+            transport.flush()
+            early = []
         storage = self._storage
         if rd.snapshot is not None:
             async with self._snapshot_lock:
@@ -573,6 +582,9 @@ class Node:
             if issued is not None:
                 self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
+        if early:
+            transport.send(early)
+            transport.flush()
         if synced is not None:
             self.metrics.fsync_seconds.observe(await synced)
         if rd.messages:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import fnmatch
-import functools
 import itertools
 import logging
 from collections.abc import Callable
@@ -283,28 +282,28 @@ class RespConnection(asyncio.Protocol):
     # --- replies -------------------------------------------------------------------------
 
     def flush_writes(self) -> None:
-        """Submit the writes gathered from this read as one replicated entry (a
-        batch when there are several), keeping their order."""
+        """Submit the writes gathered from this read as one replicated batch entry
+        (even a single one: its result is then a list of one, as `_nth` expects),
+        keeping their order."""
         commands, future = self.pending_writes, self.pending_future
         if future is None:
             return
         self.pending_writes, self.pending_future = [], None
         try:
-            if len(commands) == 1:
-                submitted = self.submit(commands[0])
-                submitted.add_done_callback(lambda done: _settle(future, done, single=True))
-            else:
-                submitted = self.submit(encode_batch(commands))
-                submitted.add_done_callback(lambda done: _settle(future, done, single=False))
+            self.submit(encode_batch(commands), future)
         except Exception as exc:
             future.set_exception(exc)
 
-    def submit(self, command: bytes) -> asyncio.Future[Any]:
-        """Submit a write, or hold it until the reads before it are rendered."""
+    def submit(
+        self, command: bytes, future: asyncio.Future[Any] | None = None
+    ) -> asyncio.Future[Any]:
+        """Submit a write, or hold it until the reads before it are rendered. Its
+        result goes to `future` if one is given."""
         if self.reads_rendered == self.reads_queued and not self.held:
-            return self.node.submit_write(command)
+            return self.node.submit_write(command, future)
         self.node.check_available()
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if future is None:
+            future = asyncio.get_running_loop().create_future()
         self.held.append((self.reads_queued, command, future))
         return future
 
@@ -313,11 +312,9 @@ class RespConnection(asyncio.Protocol):
         while held and held[0][0] <= self.reads_rendered:
             _, command, future = held.popleft()
             try:
-                submitted = self.node.submit_write(command)
+                self.node.submit_write(command, future)
             except Exception as exc:
                 future.set_exception(exc)
-            else:
-                submitted.add_done_callback(functools.partial(_settle, future, single=None))
 
     def _schedule_drain(self) -> None:
         self.flush_writes()
@@ -451,20 +448,6 @@ def _nth(results: Any, position: int) -> Any:
     if isinstance(results, list):
         return results[position]
     return check_result(results)  # The whole entry failed (it could not decode).
-
-
-def _settle(target: asyncio.Future[Any], done: asyncio.Future[Any], *, single: bool | None) -> None:
-    """Pass `done`'s outcome on to `target`: its result wrapped in a list when
-    `single` (a lone command standing for a batch), as it is when None."""
-    if target.done():
-        return
-    if done.cancelled():
-        target.cancel()
-    elif (exc := done.exception()) is not None:
-        target.set_exception(exc)
-    else:
-        result = done.result()
-        target.set_result([result] if single else result)
 
 
 def _check_value(conn: RespConnection, value: bytes) -> None:

@@ -464,6 +464,85 @@ def test_stop_closes_connections_and_does_not_wait_for_a_stuck_request(
         socket.create_connection((HOST, running.port), timeout=1).close()
 
 
+# --- the REST API on this server, end to end ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rest_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A single-node raftkv serving REST, embedded in this process."""
+    import raftkv
+
+    data_dir = tmp_path_factory.mktemp("rest")
+    with raftkv.start_server(
+        "127.0.0.1:0", data_dir=data_dir, rest_port=0, tick_ms=20, max_value_bytes=MAX_BODY_BYTES
+    ) as server:
+        server.wait_ready(10)
+        assert server.rest_address is not None
+        yield int(server.rest_address.rsplit(":", 1)[1])
+
+
+def test_rest_head_answers_like_get_without_the_body(rest_port: int) -> None:
+    with Client(rest_port) as client:
+        client.send(put("/headed", b"value"))
+        assert client.reply().status == 204
+        client.send(b"HEAD /headed HTTP/1.1\r\nHost: t\r\n\r\n")
+        reply = client.reply(head_request=True)
+        assert (reply.status, reply.headers["content-length"], reply.body) == (200, "5", b"")
+        assert reply.headers["content-type"] == "application/octet-stream"
+        assert int(reply.headers["x-raftkv-mod-revision"]) > 0
+        client.send(b"HEAD /v1/kv/headed HTTP/1.1\r\nHost: t\r\n\r\n" + get("/headed"))
+        assert client.reply(head_request=True).status == 200
+        assert client.reply().body == b"value"  # Nothing came between the two.
+
+
+def test_rest_keys_are_the_decoded_path(rest_port: int) -> None:
+    with Client(rest_port) as client:
+        client.send(put("/dir%2Fname%E2%82%AC%ZZ", b"decoded"))
+        assert client.reply().status == 204
+        # The key is "dir/name\u20ac%ZZ"; the first consistency given counts.
+        client.send(get("/v1/kv/dir/name%E2%82%AC%25ZZ?consistency=serializable&consistency=x"))
+        reply = client.reply()
+        assert (reply.status, reply.body) == (200, b"decoded")
+
+
+def test_rest_routes_match_escaped_slashes_inside_their_segment(rest_port: int) -> None:
+    with Client(rest_port) as client:
+        client.send(get("/v1%2Fstatus"))  # The root key "v1/status", not the status route.
+        reply = client.reply()
+        assert (reply.status, reply.json()) == (404, {"error": "key 'v1/status' does not exist"})
+        client.send(get("/v%31/status"))
+        assert client.reply().json()["role"] == "leader"
+
+
+def test_rest_oversized_value_is_413_naming_the_limit(rest_port: int) -> None:
+    with Client(rest_port) as client:
+        client.send(put("/big", b"v" * (MAX_BODY_BYTES + 1)))
+        reply = client.reply()
+        assert reply.status == 413
+        assert reply.json() == {
+            "error": f"the value is {MAX_BODY_BYTES + 1} bytes; --max-value-bytes is "
+            f"{MAX_BODY_BYTES}"
+        }
+        assert client.closed()
+
+
+def test_rest_responses_are_counted_by_status(rest_port: int) -> None:
+    def count(status: int) -> float:
+        with Client(rest_port) as client:
+            client.send(get("/metrics"))
+            text = client.reply().body.decode()
+        for line in text.splitlines():
+            if line.startswith(f'raftkv_requests_total{{api="rest",status="{status}"}}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = count(404), count(400)
+    with Client(rest_port) as client:
+        client.send(get("/no-such-key") + b"GARBAGE\r\n\r\n")
+        assert [client.reply().status for _ in range(2)] == [404, 400]
+    assert (count(404), count(400)) == (before[0] + 1, before[1] + 1)
+
+
 # --- paths as the REST API decodes them ---------------------------------------------------
 
 

@@ -15,8 +15,9 @@ A connection is open, then closing: after a request that does not keep the
 connection alive (HTTP/1.0 without keep-alive, `Connection: close`), after a
 malformed request (400), after a body over the limit (413), or when the server
 stops. A closing connection reads nothing more and closes once its queue is empty.
-A client going away does not cancel its requests: the node finishes them (a write
-may already be proposed) and the replies are dropped.
+A client going away does not cancel the request being served: its handler finishes
+(a write may already be proposed) and the reply is dropped, with the requests queued
+behind it.
 
 Bounds: the request line and each header at most `MAX_LINE_BYTES`, at most
 `MAX_HEADERS` headers, a request head at most `MAX_HEAD_BYTES` (plus one read) in

@@ -36,6 +36,9 @@ class RawNode:
         self._raft = Raft(config, storage, rng)
         self._prev_soft_state = self._raft.soft_state()
         self._prev_hard_state = self._raft.hard_state()
+        #: The term and vote as last made durable (loaded from storage, or persisted
+        #: by an advanced Ready): a leader sends nothing early in a term until then.
+        self._durable_term_vote = (self._prev_hard_state.term, self._prev_hard_state.vote)
         self._ready_pending = False
 
     # --- input -------------------------------------------------------------------------
@@ -126,6 +129,22 @@ class RawNode:
 
     # --- output ------------------------------------------------------------------------
 
+    def take_early_messages(self) -> list[Message]:
+        """Take the messages a leader may send at once: its appends and heartbeats,
+        which would otherwise be the next Ready's `early_messages`.
+
+        For a host persisting a Ready: a proposal it makes meanwhile goes out to the
+        followers now, rather than after this Ready's write and the next `ready()`.
+        The entries themselves still come in the next Ready, to be persisted; the
+        leader counts itself only once they are. Returns nothing until this node's
+        current term and vote are durable (a leader elected in the Ready being
+        persisted waits for it)."""
+        raft = self._raft
+        if not raft.msgs_early or (raft.term, raft.vote) != self._durable_term_vote:
+            return []
+        messages, raft.msgs_early = raft.msgs_early, []
+        return messages
+
     def has_ready(self) -> bool:
         raft = self._raft
         if raft.msgs or raft.msgs_early or raft.read_states:
@@ -180,6 +199,8 @@ class RawNode:
         assert self._ready_pending, "advance() without ready()"
         self._ready_pending = False
         raft = self._raft
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if rd.snapshot is not None:
             raft.log.stable_snapshot_to(rd.snapshot.metadata.index)
             raft.log.applied = max(raft.log.applied, rd.snapshot.metadata.index)

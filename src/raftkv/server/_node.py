@@ -116,6 +116,10 @@ class Node:
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
+        #: Whether the raft loop waits for a Ready's fsync; requests that arrive
+        #: meanwhile are proposed at once (`_submit_while_persisting`).
+        self._persisting = False
+        self._submit_scheduled = False
         #: The WAL's fsyncs run here, one at a time, while the loop goes on.
         self._sync_executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix=f"raftkv-{options.id}-fsync"
@@ -280,7 +284,7 @@ class Node:
         self._unapplied[request_id] = command
         self._proposed_at.append((self._loop.time(), request_id))
         self._proposals.append(HEADER.pack(self.id, request_id, 0) + command)
-        self._wake.set()
+        self._wake_for_request()
         return future
 
     async def write(self, command: bytes) -> Any:
@@ -295,7 +299,7 @@ class Node:
         future: asyncio.Future[None] = self._loop.create_future()
         self._track(future)
         self._reads.append(future)
-        self._wake.set()
+        self._wake_for_request()
         return future
 
     async def read_barrier(self) -> None:
@@ -471,6 +475,32 @@ class Node:
         for message in messages:
             raw.step(message)
         self._wake.set()
+        if self._persisting:
+            # Acknowledgements may open a follower's window: its next appends go now.
+            self._send_early()
+
+    def _wake_for_request(self) -> None:
+        self._wake.set()
+        if self._persisting and not self._submit_scheduled:
+            self._submit_scheduled = True
+            self._loop.call_soon(self._submit_while_persisting)
+
+    def _submit_while_persisting(self) -> None:
+        """Requests that arrive while the raft loop waits for a Ready's fsync: a
+        leader proposes them now and sends their appends (and ReadIndex heartbeats)
+        at once, so the followers persist them while this node still waits. The
+        entries come in the next Ready, to be persisted here; until they are, the
+        leader does not count itself towards committing them."""
+        self._submit_scheduled = False
+        if self._persisting and self.role is Role.LEADER:
+            self._submit_requests()
+            self._send_early()
+
+    def _send_early(self) -> None:
+        messages = self._raw.take_early_messages()
+        if messages:
+            self._transport.send(messages)
+            self._transport.flush()
 
     def _on_unreachable(self, node_id: int) -> None:
         self._raw.report_unreachable(node_id)
@@ -586,7 +616,11 @@ class Node:
             transport.send(early)
             transport.flush()
         if synced is not None:
-            self.metrics.fsync_seconds.observe(await synced)
+            self._persisting = True
+            try:
+                self.metrics.fsync_seconds.observe(await synced)
+            finally:
+                self._persisting = False
         if rd.messages:
             transport.send(rd.messages)
             transport.flush()  # before the next Ready's apply holds the loop

@@ -123,6 +123,8 @@ class ClusterConfig:
     #: before its write is durable, as the server does (they are durable on a
     #: quorum), rather than after the write (the order of the host contract).
     apply_before_persist: bool = False
+    #: Send `take_early_messages()` after input taken while a Ready is persisting.
+    send_early_while_persisting: bool = False
     #: A write that must be fsynced takes 1..this many units.
     max_fsync_units: int = 3
     #: A node takes its Ready 0..this many units after new input (batching).
@@ -403,6 +405,11 @@ class Cluster:
             node.inbox.append((action, args))
             return
         action(*args)
+        if node.busy and self.config.send_early_while_persisting:
+            # As the server does: a leader's appends for input taken while it
+            # persists go out at once (the entries come in the next Ready).
+            for message in node.raw.take_early_messages():
+                self._send(node, message)
         self._want_ready(node)
 
     def _drain_inbox(self, node: SimNode) -> None:

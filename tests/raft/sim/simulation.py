@@ -65,6 +65,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         input_while_persisting=rng.random() < 0.5,
         pre_vote=rng.random() < 0.8,
         apply_before_persist=rng.random() < 0.5,
+        send_early_while_persisting=rng.random() < 0.5,
         max_inflight_msgs=rng.choice((1, 4, 256)),
         max_size_per_msg_bytes=max_size_per_msg_bytes,
         max_inflight_bytes=rng.choice((0, max(max_size_per_msg_bytes, 2048))),

@@ -497,7 +497,10 @@ class Node:
             self._send_early()
 
     def _send_early(self) -> None:
-        self._send_now(self._raw.take_early_messages())
+        messages = self._raw.take_early_messages()
+        if messages:
+            self._transport.send(messages)
+            self._transport.flush()
 
     def _on_unreachable(self, node_id: int) -> None:
         self._raw.report_unreachable(node_id)
@@ -572,13 +575,15 @@ class Node:
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
+        transport = self._transport
         early = rd.early_messages
         if early and (rd.entries or not rd.committed_entries):
             # Appends of new entries (or heartbeats): on their way before the apply
             # below holds the loop. A Ready that only commits sends its appends,
             # which just carry the new commit index, after applying, which answers
             # the clients waiting on those entries.
-            self._send_now(early)
+            transport.send(early)
+            transport.flush()
             early = []
         storage = self._storage
         if rd.snapshot is not None:
@@ -594,23 +599,12 @@ class Node:
         if rd.entries or rd.hard_state is not None:
             storage.append(rd.entries, rd.hard_state)
         synced = None
-        messages = rd.messages
-        if rd.must_sync and self.role is Role.LEADER:
+        if rd.must_sync:
             # The fsync releases the GIL: the worker thread syncs while this thread
-            # applies, and the loop goes on taking requests (proposed at once, see
-            # `_submit_while_persisting`). Committed entries are durable on a quorum
-            # already, so they are applied (and their clients answered) without
-            # waiting for this write. Only `rd.messages` depend on it.
+            # applies. Committed entries are durable on a quorum already, so they are
+            # applied (and their clients answered) without waiting for this write.
+            # Only the messages below depend on it.
             synced = self._loop.run_in_executor(self._sync_executor, self._timed_sync)
-        elif rd.must_sync:
-            # Anyone else waits for this write before anything that matters (its
-            # acknowledgements): syncing right here spares the two thread handoffs
-            # per Ready, which cost a follower a fifth of its CPU. Peer messages wait
-            # in the socket meanwhile, and the acknowledgements go out before the
-            # apply below.
-            self.metrics.fsync_seconds.observe(self._timed_sync())
-            self._send_now(messages)
-            messages = []
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for read_state in rd.read_states:
@@ -618,25 +612,24 @@ class Node:
             if issued is not None:
                 self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
-        self._send_now(early)
+        if early:
+            transport.send(early)
+            transport.flush()
         if synced is not None:
             self._persisting = True
             try:
                 self.metrics.fsync_seconds.observe(await synced)
             finally:
                 self._persisting = False
-        self._send_now(messages)  # before the next Ready's apply holds the loop
+        if rd.messages:
+            transport.send(rd.messages)
+            transport.flush()  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
 
-    def _send_now(self, messages: list[Message]) -> None:
-        if messages:
-            self._transport.send(messages)
-            self._transport.flush()
-
     def _timed_sync(self) -> float:
-        """Make the appended entries durable (in the fsync thread, or on the loop for
-        a follower); returns the seconds it took."""
+        """Run in the fsync thread: make the appended entries durable; returns the
+        seconds it took."""
         started = time.perf_counter()
         self._storage.sync()
         return time.perf_counter() - started

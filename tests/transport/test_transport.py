@@ -84,6 +84,21 @@ async def test_sends_in_one_loop_turn_coalesce_into_one_frame() -> None:
 
 
 @async_test
+async def test_flush_writes_queued_messages_before_the_loop_turn_ends() -> None:
+    async with cluster(2) as (a, b):
+        await connected(a, b)
+        await asyncio.sleep(0.05)
+        frames_before = a.transport.stats().frames_sent
+        a.send(heartbeat(1, 2, 7))
+        a.transport.flush()
+        # Written already, while this coroutine still holds the loop.
+        assert a.transport.stats().frames_sent == frames_before + 1
+        a.send(heartbeat(1, 2, 8))  # queued after a flush: the next frame
+        await wait_for(lambda: [m.commit for m in b.received][-2:] == [7, 8], "both")
+        assert a.transport.stats().frames_sent == frames_before + 2
+
+
+@async_test
 async def test_messages_queued_while_dialing_go_out_once_connected() -> None:
     b = Node(2)
     async with running(b):

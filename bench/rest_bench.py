@@ -7,7 +7,12 @@ runs the same load against its v3 JSON gateway (POST /v3/kv/put and /v3/kv/range
 base64 JSON, linearizable reads), and prints raftkv/etcd ratios. Both systems fsync
 every write on a majority before answering.
 
-    python bench/rest_bench.py [--quick] [--duration S] [--connections 1,16,64]
+Both clusters run side by side and each row is measured on one right after the
+other, so that a shared machine slowing down or speeding up mid-run moves both
+figures of a ratio alike. With `--rounds N` every row is measured N times (the
+order of the two systems alternating) and the table shows each system's median.
+
+    python bench/rest_bench.py [--quick] [--duration S] [--rounds N] [--connections 1,16,64]
 
 Prints a table, then one JSON object as the last line.
 """
@@ -208,10 +213,22 @@ def prefill(port: int, system: str) -> None:
         connection.close()
 
 
+def _row_key(row: dict) -> tuple[str, str, int]:
+    return (row["system"], row["op"], row["connections"])
+
+
+def median_row(samples: list[dict], key: tuple[str, str, int]) -> dict:
+    """The sample of row `key` with the median throughput (the lower middle one for
+    an even count)."""
+    matching = sorted((s for s in samples if _row_key(s) == key), key=lambda s: s["rps"])
+    return matching[(len(matching) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 s per row")
     parser.add_argument("--duration", type=float, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="measure each row N times")
     parser.add_argument("--connections", default="1,16,64")
     parser.add_argument("--no-etcd", action="store_true")
     args = parser.parse_args()
@@ -230,24 +247,33 @@ def main() -> None:
             "GET": _ETCD_GET % {"get_bodies": get_bodies},
         }
 
-    rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp:
+    samples: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, processes() as started:
         workdir = Path(tmp)
+        ports = {}
         for system in scripts:
-            with processes() as started:
-                port = (start_raftkv if system == "raftkv" else start_etcd)(workdir, started)
-                prefill(port, system)
-                for operation in ("PUT", "GET"):
-                    for connections in connection_counts:
+            ports[system] = (start_raftkv if system == "raftkv" else start_etcd)(workdir, started)
+            prefill(ports[system], system)
+        systems = list(scripts)
+        for round_number in range(max(1, args.rounds)):
+            for operation in ("PUT", "GET"):
+                for connections in connection_counts:
+                    order = systems if round_number % 2 == 0 else systems[::-1]
+                    for system in order:
                         figures = run_wrk(
-                            port, scripts[system][operation], connections, duration, workdir
+                            ports[system],
+                            scripts[system][operation],
+                            connections,
+                            duration,
+                            workdir,
                         )
-                        rows.append(
+                        samples.append(
                             {"system": system, "op": operation, "connections": connections}
                             | figures
                         )
 
-    by_key = {(r["system"], r["op"], r["connections"]): r for r in rows}
+    rows = [median_row(samples, key) for key in dict.fromkeys(_row_key(s) for s in samples)]
+    by_key = {_row_key(r): r for r in rows}
     print(
         f"{'op':<4} {'conns':>5} | {'raftkv req/s':>12} {'mean ms':>8} {'p99 ms':>8} {'errors':>6}"
         + (
@@ -279,7 +305,9 @@ def main() -> None:
                 "bench": "rest",
                 "duration_s": duration,
                 "etcd": with_etcd,
+                "rounds": max(1, args.rounds),
                 "rows": rows,
+                "samples": samples,
                 "ratios": ratios,
             }
         )

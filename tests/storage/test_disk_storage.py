@@ -241,3 +241,18 @@ def test_a_snapshot_overtaken_while_its_file_was_written_is_not_committed(
         storage.commit_snapshot(older)
     assert storage.snapshot().metadata.index == 70
     storage.close()
+
+
+def test_a_snapshot_committed_in_steps_counts_once_finished(tmp_path: Path) -> None:
+    storage = filled(tmp_path, 100)
+    snapshot = storage.prepare_snapshot(60, CONF, b"state at 60")
+    storage.write_snapshot_file(snapshot)
+    storage.mark_snapshot(snapshot)
+    assert storage.snapshot().is_empty  # marked, not yet synced and finished
+    asyncio.run(asyncio.to_thread(storage.sync))
+    asyncio.run(asyncio.to_thread(storage.prune_snapshots))
+    storage.finish_snapshot(snapshot)
+    assert storage.snapshot() == snapshot
+    storage = reopened(storage)
+    assert storage.snapshot() == snapshot
+    storage.close()

@@ -905,7 +905,12 @@ class Node:
                 # The file (the big write) off the loop; its WAL marker on it, as
                 # the WAL has one writer.
                 await asyncio.to_thread(storage.write_snapshot_file, snapshot)
-                storage.commit_snapshot(snapshot)
+                storage.mark_snapshot(snapshot)
+                # The marker's fsync in the fsync thread, after (or before) any
+                # Ready's: not on the loop, which a loaded disk would hold for ms.
+                await self._loop.run_in_executor(self._sync_executor, storage.sync)
+                await asyncio.to_thread(storage.prune_snapshots)  # file deletions
+                storage.finish_snapshot(snapshot)
                 storage.compact(index)
             await asyncio.sleep(2 * _LAG_PROBE_S)  # Let the probe see the last step.
             self._snapshot_index = index

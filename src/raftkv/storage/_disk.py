@@ -40,12 +40,14 @@ class DiskStorage:
 
     Reads (the `Storage` protocol) are served from memory. The host's write side
     mirrors `MemoryStorage`: `append`, `apply_snapshot`, `create_snapshot` (or its
-    three steps `prepare_snapshot`, `write_snapshot_file`, `commit_snapshot`) and
-    `compact`, plus `sync`, which makes every `append` before it durable.
+    three steps `prepare_snapshot`, `write_snapshot_file`, `commit_snapshot`, the
+    last of which splits into `mark_snapshot`, `sync`, `prune_snapshots` and
+    `finish_snapshot`) and `compact`, plus `sync`, which makes every `append`
+    before it durable.
 
-    Thread safety: `sync` and `write_snapshot_file` may run in a worker thread
-    (`asyncio.to_thread`) while the event loop thread keeps calling the other
-    methods. Everything else changes the in-memory log the core reads, so it must
+    Thread safety: `sync`, `write_snapshot_file` and `prune_snapshots` may run in a
+    worker thread (`asyncio.to_thread`) while the event loop thread keeps calling
+    the other methods. Everything else changes the in-memory log the core reads, so it must
     be called from the thread the core runs on (or while the core is not running).
     """
 
@@ -278,7 +280,18 @@ class DiskStorage:
         self._snapshotter.save(snapshot)
 
     def commit_snapshot(self, snapshot: Snapshot) -> None:
-        """After `write_snapshot_file`: the WAL marker (synced), then the cache."""
+        """After `write_snapshot_file`: the WAL marker (synced), then the cache.
+
+        The same as `mark_snapshot`, `sync`, `prune_snapshots` and `finish_snapshot`,
+        for a caller that wants the sync and the file deletions in a worker thread."""
+        self.mark_snapshot(snapshot)
+        self._wal.sync()
+        self.prune_snapshots()
+        self.finish_snapshot(snapshot)
+
+    def mark_snapshot(self, snapshot: Snapshot) -> None:
+        """After `write_snapshot_file`: write the snapshot's WAL marker. It counts
+        once `sync` has made it durable and `finish_snapshot` has run."""
         metadata = snapshot.metadata
         held = self._cache.snapshot().metadata.index
         if metadata.index <= held:
@@ -294,8 +307,15 @@ class DiskStorage:
                 f"the log no longer holds index {metadata.index} at term {metadata.term}"
             )
         self._wal.save_snapshot(marker)
-        self._wal.sync()
+
+    def prune_snapshots(self) -> None:
+        """Delete the snapshot files beyond the newest few. Touches only the snapshot
+        directory, so it may run in a worker thread (not while `compact` runs)."""
         self._snapshotter.prune()
+
+    def finish_snapshot(self, snapshot: Snapshot) -> None:
+        """After `mark_snapshot` and a `sync` (and `prune_snapshots`, when wanted):
+        take the snapshot into the in-memory log."""
         created = self._cache.create_snapshot(
             snapshot.metadata.index, snapshot.metadata.conf_state, snapshot.data
         )

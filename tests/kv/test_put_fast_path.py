@@ -58,11 +58,17 @@ def _general_apply(machine: KvStateMachine, data: bytes) -> object:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_ENTRY, max_size=12))
-def test_fast_path_matches_the_general_path(entries: list[bytes]) -> None:
+@given(st.lists(st.tuples(_ENTRY, st.sampled_from(["", "", "freeze", "release"])), max_size=12))
+def test_fast_path_matches_the_general_path(steps: list[tuple[bytes, str]]) -> None:
+    """Also while a snapshot view borrows the map, and while it is folded back."""
     config = KvConfig(max_value_bytes=4)
     fast, general = KvStateMachine(config), KvStateMachine(config)
-    for index, data in enumerate(entries, 1):
+    views: list[object] = []
+    for index, (data, view_action) in enumerate(steps, 1):
+        if view_action == "freeze":
+            views.append(fast.freeze())
+        elif view_action == "release" and views:
+            views.pop(0).release()  # type: ignore[attr-defined]
         expected = _general_apply(general, data)
         general._applied_index = index
         assert fast.apply(index, data) == expected

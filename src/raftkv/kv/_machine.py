@@ -606,18 +606,12 @@ class KvStateMachine:
         """Apply plain puts (`plain_puts`): `_put` without a `Put` object each, and
         with `_write` inlined when no snapshot view is open, since a write-heavy load
         spends most of its apply here."""
+        if self._overlay is not None:  # a snapshot borrows the map (or is folded back)
+            always = PutCondition.ALWAYS
+            return [self._put_value(key, value, always) for _, key, value, _ in puts]
         limit = self._config.max_value_bytes
         results: list[Result] = []
         append = results.append
-        if self._overlay is not None:  # a snapshot borrows the map (or is folded back)
-            for _, key, value, _ in puts:
-                if len(value) > limit:
-                    append(self._too_large(len(value)))
-                    continue
-                old = self._lookup(key)
-                self._write(key, value, existed=old is not None)
-                append(None if old is None else old[0])
-            return results
         entries = self._entries
         revision = self._revision
         for _, key, value, _ in puts:
@@ -737,17 +731,20 @@ class KvStateMachine:
         )
 
     def _put(self, command: Put) -> Result:
-        if len(command.value) > self._config.max_value_bytes:
-            return self._too_large(len(command.value))
-        old = self._lookup(command.key)
+        return self._put_value(command.key, command.value, command.condition)
+
+    def _put_value(self, key: bytes, value: bytes, condition: PutCondition) -> Result:
+        if len(value) > self._config.max_value_bytes:
+            return self._too_large(len(value))
+        old = self._lookup(key)
         if old is None:
-            if command.condition is PutCondition.IF_PRESENT:
+            if condition is PutCondition.IF_PRESENT:
                 return None
-            self._write(command.key, command.value, existed=False)
+            self._write(key, value, existed=False)
             return None
-        if command.condition is PutCondition.IF_ABSENT:
+        if condition is PutCondition.IF_ABSENT:
             return old[0]
-        self._write(command.key, command.value, existed=True)
+        self._write(key, value, existed=True)
         return old[0]
 
     def _delete(self, command: Delete) -> bytes | None:

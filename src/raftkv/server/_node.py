@@ -497,7 +497,10 @@ class Node:
             self._send_early()
 
     def _send_early(self) -> None:
-        messages = self._raw.take_early_messages()
+        self._send_now(self._raw.take_early_messages())
+
+    def _send_now(self, messages: list[Message]) -> None:
+        """Write messages to their peers now, not later in this loop turn."""
         if messages:
             self._transport.send(messages)
             self._transport.flush()
@@ -575,15 +578,13 @@ class Node:
     async def _handle_ready(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.leader_id, rd.soft_state.role)
-        transport = self._transport
         early = rd.early_messages
         if early and (rd.entries or not rd.committed_entries):
             # Appends of new entries (or heartbeats): on their way before the apply
             # below holds the loop. A Ready that only commits sends its appends,
             # which just carry the new commit index, after applying, which answers
             # the clients waiting on those entries.
-            transport.send(early)
-            transport.flush()
+            self._send_now(early)
             early = []
         storage = self._storage
         if rd.snapshot is not None:
@@ -612,18 +613,14 @@ class Node:
             if issued is not None:
                 self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
-        if early:
-            transport.send(early)
-            transport.flush()
+        self._send_now(early)
         if synced is not None:
             self._persisting = True
             try:
                 self.metrics.fsync_seconds.observe(await synced)
             finally:
                 self._persisting = False
-        if rd.messages:
-            transport.send(rd.messages)
-            transport.flush()  # before the next Ready's apply holds the loop
+        self._send_now(rd.messages)  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
 
@@ -973,24 +970,17 @@ _MSGPACK_ARRAY_2 = b"\x92"
 _PACK_CHUNK_ITEMS = 2_000
 
 
-def _msgpack_array_header(length: int) -> bytes:
-    if length < 16:
-        return bytes((0x90 | length,))
-    if length < 0x10000:
-        return b"\xdc" + length.to_bytes(2, "big")
-    return b"\xdd" + length.to_bytes(4, "big")
-
-
 def pack_list_in_chunks(values: list[Any]) -> list[bytes]:
     """The msgpack encoding of `values` (exactly `msgpack.packb(values)`), made by
     one short msgpack call per chunk rather than one call for the whole list, which
     would hold the GIL (and stall the event loop) for as long as it runs: the window
     of applied requests in a snapshot holds up to 100,000 rows."""
-    parts = [_msgpack_array_header(len(values))]
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_array_header(len(values))]
     for start in range(0, len(values), _PACK_CHUNK_ITEMS):
         chunk = values[start : start + _PACK_CHUNK_ITEMS]
-        packed: bytes = msgpack.packb(chunk, use_bin_type=True)
-        parts.append(packed[len(_msgpack_array_header(len(chunk))) :])
+        header_bytes = len(packer.pack_array_header(len(chunk)))
+        parts.append(packer.pack(chunk)[header_bytes:])
     return parts
 
 

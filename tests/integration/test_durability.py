@@ -131,12 +131,15 @@ def kill_all_nodes(cluster: Cluster, writers: Writers, rng: random.Random) -> No
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("fsync", ["auto", "thread"])
 def test_kill_9_of_all_nodes_under_load_loses_no_acknowledged_write(
-    make_cluster: Callable[..., Cluster],
+    make_cluster: Callable[..., Cluster], fsync: str
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
-    cluster = make_cluster(3, extra_args=["--snapshot-count", "200", "--request-timeout", "2"])
+    cluster = make_cluster(
+        3, extra_args=["--snapshot-count", "200", "--request-timeout", "2", "--fsync", fsync]
+    )
     cluster.start_all()
     cluster.wait_leader()
     writers = Writers(cluster, prefix="all-", seed=seed)

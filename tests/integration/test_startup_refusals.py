@@ -101,6 +101,7 @@ BAD_FLAGS = {
     "id zero": (["--id", "0"], ["--id 0"]),
     "cluster not a URL": (["--cluster", "not-a-url"], ["not-a-url", "http://host:port"]),
     "port out of range": (["--port", "70000"], ["--port 70000"]),
+    "unknown fsync mode": (["--fsync", "bogus"], ["--fsync", "bogus", "io_uring", "thread"]),
 }
 
 

@@ -418,3 +418,96 @@ def test_saves_on_one_thread_and_syncs_on_another(tmp_path: Path) -> None:
     wal.close()
     assert errors == []
     assert read_back(tmp_path) == (entries(1, 2000), HardState(1, 1, 1996))
+
+
+# --- syncing in two halves (begin_sync / end_sync) --------------------------------
+
+
+def test_a_ticket_synced_by_its_caller_makes_the_records_before_it_durable(
+    tmp_path: Path,
+) -> None:
+    wal = create(tmp_path)
+    fill(wal, 1, 5)
+    wal.save_snapshot(SnapshotMarker(index=3, term=1))
+    ticket = wal.begin_sync()
+    assert ticket is not None
+    with pytest.raises(ValueError, match="not synced"):
+        wal.release_to(3)  # Taking a ticket promises nothing yet.
+    os.fdatasync(ticket.fd)
+    wal.end_sync(ticket)
+    wal.release_to(3)
+    wal.close()
+
+
+def test_a_ticket_covers_only_what_was_saved_before_it(tmp_path: Path) -> None:
+    wal = create(tmp_path)
+    fill(wal, 1, 5)
+    ticket = wal.begin_sync()
+    assert ticket is not None
+    wal.save_snapshot(SnapshotMarker(index=3, term=1))
+    os.fdatasync(ticket.fd)
+    wal.end_sync(ticket)
+    with pytest.raises(ValueError, match="not synced"):
+        wal.release_to(3)
+    wal.close()
+
+
+def test_a_failed_ticket_is_fatal_like_a_failed_sync(tmp_path: Path) -> None:
+    wal = create(tmp_path)
+    wal.save(entries(1, 1))
+    ticket = wal.begin_sync()
+    assert ticket is not None
+    with pytest.raises(DurabilityError, match=r"fsync of .* failed \(Input/output error\)"):
+        wal.end_sync(ticket, OSError(errno.EIO, os.strerror(errno.EIO)))
+    with pytest.raises(OSError):
+        os.fstat(ticket.fd)  # Closed, even on failure.
+    with pytest.raises(DurabilityError):
+        wal.begin_sync()
+    with pytest.raises(DurabilityError):
+        wal.sync()
+    wal.close()
+
+
+def test_a_full_segment_asks_for_sync_which_starts_the_next(tmp_path: Path) -> None:
+    wal = create(tmp_path)
+    index = 0
+    while (ticket := wal.begin_sync()) is not None:
+        wal.abandon_sync(ticket)
+        index += 1
+        wal.save(entries(index, index))
+    assert len(wal.segment_paths()) == 1
+    wal.sync()
+    assert len(wal.segment_paths()) == 2
+    ticket = wal.begin_sync()
+    assert ticket is not None
+    wal.abandon_sync(ticket)
+    wal.close()
+
+
+def test_a_ticket_of_a_segment_already_rotated_away_changes_nothing(tmp_path: Path) -> None:
+    wal = create(tmp_path)
+    index = 0
+    ticket = None
+    while True:  # Fill the first segment; keep the ticket taken last before it is full.
+        index += 1
+        wal.save(entries(index, index))
+        taken = wal.begin_sync()
+        if taken is None:
+            break
+        if ticket is not None:
+            wal.abandon_sync(ticket)
+        ticket = taken
+    assert ticket is not None
+    first_segment = wal.segment_paths()[0]
+    wal.sync()  # Syncs the first segment to its end, closes it, starts the second.
+    assert len(wal.segment_paths()) == 2
+    # The ticket's descriptor is its own: still the first segment's file.
+    assert os.fstat(ticket.fd).st_ino == first_segment.stat().st_ino
+    wal.save_snapshot(SnapshotMarker(index=index, term=1))  # Not synced.
+    os.fdatasync(ticket.fd)
+    wal.end_sync(ticket)  # Its offset was far into the first segment.
+    with pytest.raises(ValueError, match="not synced"):
+        wal.release_to(index)
+    wal.sync()
+    wal.release_to(index)
+    wal.close()

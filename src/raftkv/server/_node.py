@@ -6,9 +6,10 @@ loop turn it:
 1. proposes every write that arrived since the last turn as one batch
    (`propose_many`), and starts one ReadIndex round for every read that arrived;
 2. takes one `Ready` and carries out the host contract of `raftkv.raft`: sends the
-   leader's appends at once, writes entries and hard state to the WAL and fsyncs in
-   a worker thread (group commit: whatever arrives meanwhile goes in the next
-   fsync), then sends the messages that depend on the write;
+   leader's appends at once, writes entries and hard state to the WAL and fsyncs
+   off the loop, through io_uring or in a worker thread (`_fsync`; group commit:
+   whatever arrives meanwhile goes in the next fsync), then sends the messages that
+   depend on the write;
 3. applies committed entries to the state machine and resolves the requests they
    answer, and the reads whose read index is now applied;
 4. advances, and takes a snapshot when enough entries were applied since the last.
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -62,6 +62,7 @@ from ..raft import (
 from ..storage import DiskStorage
 from ..transport import ListenError, Transport
 from ._dedup import HEADER, HEADER_BYTES, AppliedRequests
+from ._fsync import Fsyncer, FsyncUnavailable
 from ._metrics import Metrics
 from ._options import NodeOptions, OptionsError, parse_peer_url
 
@@ -120,10 +121,8 @@ class Node:
         #: meanwhile are proposed at once (`_submit_while_persisting`).
         self._persisting = False
         self._submit_scheduled = False
-        #: The WAL's fsyncs run here, one at a time, while the loop goes on.
-        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"raftkv-{options.id}-fsync"
-        )
+        #: Runs the WAL's fsyncs while the loop goes on (set up in `start`).
+        self._fsyncer: Fsyncer | None = None
         #: Set (and replaced) on every change of the known leader.
         self._leader_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -175,6 +174,14 @@ class Node:
         except Exception as exc:
             raise StartupError(f"cannot open data directory {data_dir}: {exc}") from exc
         self._storage = storage
+        try:
+            self._fsyncer = Fsyncer(
+                storage, self._loop, mode=options.fsync, name=f"raftkv-{self.id}-fsync"
+            )
+        except FsyncUnavailable as exc:
+            storage.close()
+            raise StartupError(str(exc)) from None
+        log.info("node %d: WAL fsyncs run through %s", self.id, self._fsyncer.via)
         snapshot = storage.snapshot()
         if not snapshot.is_empty:
             self._restore_snapshot(snapshot)
@@ -229,6 +236,7 @@ class Node:
         try:
             await self._transport.start()
         except ListenError as exc:
+            await self._fsyncer.close()
             storage.close()
             raise StartupError(
                 f"cannot listen for peers on {listen.host}:{listen.port}: {exc}"
@@ -258,7 +266,8 @@ class Node:
         await self._transport.stop()
         self._fail_everything(errors.Unavailable("the node is shutting down"))
         # A cancelled Ready may have left its fsync running: let it end first.
-        self._sync_executor.shutdown(wait=True)
+        assert self._fsyncer is not None
+        await self._fsyncer.close()
         self._storage.close()
 
     # --- the API for request handlers ------------------------------------------------
@@ -601,11 +610,12 @@ class Node:
             storage.append(rd.entries, rd.hard_state)
         synced = None
         if rd.must_sync:
-            # The fsync releases the GIL: the worker thread syncs while this thread
-            # applies. Committed entries are durable on a quorum already, so they are
-            # applied (and their clients answered) without waiting for this write.
-            # Only the messages below depend on it.
-            synced = self._loop.run_in_executor(self._sync_executor, self._timed_sync)
+            # The kernel (or a worker thread) syncs while this thread applies.
+            # Committed entries are durable on a quorum already, so they are applied
+            # (and their clients answered) without waiting for this write. Only the
+            # messages below depend on it.
+            assert self._fsyncer is not None
+            synced = self._fsyncer.sync()
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for read_state in rd.read_states:
@@ -623,13 +633,6 @@ class Node:
         self._send_now(rd.messages)  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
-
-    def _timed_sync(self) -> float:
-        """Run in the fsync thread: make the appended entries durable; returns the
-        seconds it took."""
-        started = time.perf_counter()
-        self._storage.sync()
-        return time.perf_counter() - started
 
     def _on_soft_state(self, leader_id: int, role: Role) -> None:
         if leader_id != self.leader_id:
@@ -903,9 +906,10 @@ class Node:
                 # the WAL has one writer.
                 await asyncio.to_thread(storage.write_snapshot_file, snapshot)
                 storage.mark_snapshot(snapshot)
-                # The marker's fsync in the fsync thread, after (or before) any
-                # Ready's: not on the loop, which a loaded disk would hold for ms.
-                await self._loop.run_in_executor(self._sync_executor, storage.sync)
+                # The marker's fsync off the loop, which a loaded disk would hold
+                # for ms.
+                assert self._fsyncer is not None
+                await self._fsyncer.sync()
                 await asyncio.to_thread(storage.prune_snapshots)  # file deletions
                 storage.finish_snapshot(snapshot)
                 storage.compact(index)

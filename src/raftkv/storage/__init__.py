@@ -48,7 +48,8 @@ from ._errors import (
 )
 from ._records import SnapshotMarker, WALMetadata
 from ._snap import DEFAULT_SNAPSHOTS_TO_KEEP, SnapshotFile, Snapshotter
-from ._wal import DEFAULT_SEGMENT_SIZE_BYTES, WAL, WALContents
+from ._uring import FsyncRing
+from ._wal import DEFAULT_SEGMENT_SIZE_BYTES, WAL, SyncTicket, WALContents
 
 __all__ = [
     "DEFAULT_CATCH_UP_ENTRIES",
@@ -61,11 +62,13 @@ __all__ = [
     "DataDirMismatchError",
     "DiskStorage",
     "DurabilityError",
+    "FsyncRing",
     "RecoveryError",
     "SnapshotFile",
     "SnapshotMarker",
     "Snapshotter",
     "StorageFailure",
+    "SyncTicket",
     "WALContents",
     "WALMetadata",
 ]

@@ -28,7 +28,7 @@ from ._errors import RecoveryError
 from ._files import DirectoryLock, fsync_directory
 from ._records import SnapshotMarker, WALMetadata
 from ._snap import DEFAULT_SNAPSHOTS_TO_KEEP, Snapshotter
-from ._wal import DEFAULT_SEGMENT_SIZE_BYTES, WAL, WALContents
+from ._wal import DEFAULT_SEGMENT_SIZE_BYTES, WAL, SyncTicket, WALContents
 
 logger = logging.getLogger("raftkv.storage")
 
@@ -211,6 +211,20 @@ class DiskStorage:
         """Make everything appended so far durable (one fsync). May run in a worker
         thread. Raises `DurabilityError`, after which the node must stop."""
         self._wal.sync()
+
+    def begin_sync(self) -> SyncTicket | None:
+        """`sync` in two halves, for a host that runs the fdatasync itself (see
+        `WAL.begin_sync`): what to sync, or None when `sync` must be used."""
+        return self._wal.begin_sync()
+
+    def end_sync(self, ticket: SyncTicket, error: OSError | None = None) -> None:
+        """After the ticket's fdatasync returned (or failed with `error`: then this
+        raises `DurabilityError`, after which the node must stop)."""
+        self._wal.end_sync(ticket, error)
+
+    def abandon_sync(self, ticket: SyncTicket) -> None:
+        """Give up a ticket whose fdatasync never ran."""
+        self._wal.abandon_sync(ticket)
 
     def apply_snapshot(self, snapshot: Snapshot) -> None:
         """Install a snapshot received from the leader, replacing the whole log:

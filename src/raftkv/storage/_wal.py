@@ -135,6 +135,18 @@ class WALContents:
         return entries[: last_index - after_index]
 
 
+@dataclass(frozen=True, slots=True)
+class SyncTicket:
+    """What `WAL.begin_sync` asks its caller to fdatasync: `fd` (a duplicate
+    descriptor of segment `seq`, open until `end_sync` or `abandon_sync`), up to
+    `offset`."""
+
+    seq: int
+    path: Path
+    fd: int
+    offset: int
+
+
 class WAL:
     """A write-ahead log of Raft entries, hard states and snapshot markers.
 
@@ -143,10 +155,12 @@ class WAL:
     `sync` (`asyncio.to_thread`): `save` does not wait for a running fsync, and
     records saved while it runs are made durable by the next `sync` (group
     commit). Only one `sync` runs at a time; segment rotation and `release_to`
-    are serialized with it.
+    are serialized with it. A caller that runs the fdatasync itself uses
+    `begin_sync` and `end_sync` instead of `sync`.
 
     Durability: a record is durable once a `sync` that started after its `save`
-    returned has returned. A failed write or fsync raises `DurabilityError` and
+    returned has returned (or `end_sync` of a ticket taken after it, without an
+    error). A failed write or fsync raises `DurabilityError` and
     the WAL refuses every later call, because after a failed fsync the kernel may
     have dropped the dirty pages and a retry could falsely succeed.
     """
@@ -340,22 +354,69 @@ class WAL:
             with self._lock:
                 self._check_usable()
                 fd, target = self._fd, self._offset
-            if target == self._synced_offset:
-                return
-            try:
-                os.fdatasync(fd)
-            except OSError as error:
-                with self._lock:
-                    path = self._segments[-1].path
-                    raise self._fail(durability_error("fsync", path, error)) from error
+            if target != self._synced_offset:
+                try:
+                    os.fdatasync(fd)
+                except OSError as error:
+                    with self._lock:
+                        path = self._segments[-1].path
+                        raise self._fail(durability_error("fsync", path, error)) from error
             with self._lock:
-                self._synced_offset = target
+                # Only this method rotates, so the segment is still the one synced.
+                self._synced_to(target)
                 if self._offset >= self._segment_size_bytes:
                     self._rotate()
-                elif self._spare is None and self._offset >= self._segment_size_bytes // 2:
-                    # Prepare the next segment while the second half of this one fills:
-                    # a WAL that never gets that far never pays for a spare.
-                    self._spare = SpareSegment(self._directory, self._segment_size_bytes)
+
+    def begin_sync(self) -> SyncTicket | None:
+        """The first half of `sync`, for a caller that runs the fdatasync itself
+        (the node hands it to io_uring, see `_uring`): what to sync, or None when
+        the caller must use `sync` instead because the segment is full and the
+        next one must start after this sync. Call `end_sync` with the outcome.
+
+        Tickets do not take the sync lock (a ticket outlives the call that made
+        it), so they may overlap each other and `sync`: each only ever raises the
+        synced offset of the segment it was taken on."""
+        with self._lock:
+            self._check_usable()
+            if self._offset >= self._segment_size_bytes:
+                return None
+            current = self._segments[-1]
+            try:
+                # A descriptor of its own: the segment's may be closed by a rotation
+                # while the caller's fdatasync is still to run.
+                fd = os.dup(self._fd)
+            except OSError as error:
+                raise self._fail(durability_error("fsync", current.path, error)) from error
+            return SyncTicket(current.seq, current.path, fd, self._offset)
+
+    def end_sync(self, ticket: SyncTicket, error: OSError | None = None) -> None:
+        """The second half of `sync`: the ticket's fdatasync returned, or failed
+        with `error`, which is fatal (`DurabilityError`) as in `sync`. Closes the
+        ticket's descriptor."""
+        os.close(ticket.fd)
+        with self._lock:
+            if error is not None:
+                raise self._fail(durability_error("fsync", ticket.path, error)) from error
+            self._check_usable()
+            if ticket.seq == self._segments[-1].seq:
+                self._synced_to(ticket.offset)
+            # Else `sync` rotated meanwhile, after syncing that segment to its end.
+
+    def abandon_sync(self, ticket: SyncTicket) -> None:
+        """Give up a ticket whose fdatasync never ran: closes its descriptor and
+        promises nothing."""
+        os.close(ticket.fd)
+
+    def _synced_to(self, offset: int) -> None:
+        """Bytes before `offset` of the current segment are durable. Called holding
+        `_lock`."""
+        if offset > self._synced_offset:
+            self._synced_offset = offset
+        half = self._segment_size_bytes // 2
+        if self._spare is None and half <= offset and self._offset < self._segment_size_bytes:
+            # Prepare the next segment while the second half of this one fills: a
+            # WAL that never gets that far never pays for a spare.
+            self._spare = SpareSegment(self._directory, self._segment_size_bytes)
 
     def _rotate(self) -> None:
         """Start the next segment. Called holding both locks."""

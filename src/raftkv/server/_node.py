@@ -623,7 +623,10 @@ class Node:
             if issued is not None:
                 self._read_ready.append((read_state.index, issued[1]))
         self._release_reads()
-        self._send_now(early)
+        if early:
+            # The commit index for the followers: queued, to go out at the end of
+            # this loop turn, after the replies to the clients just answered.
+            self._transport.send(early)
         if synced is not None:
             self._persisting = True
             try:

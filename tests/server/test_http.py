@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 
-from raftkv.server._http import CONTINUE, HttpServer, Request, Response, json_response
+from raftkv.server._http import (
+    CONTINUE,
+    Deferred,
+    HttpServer,
+    Request,
+    Response,
+    json_response,
+)
 from raftkv.server._rest import _unquote, _unquote_slashes
 
 HOST = "127.0.0.1"
@@ -56,8 +63,36 @@ class App:
             {"method": request.method, "path": request.path, "query": request.query}
         )
 
+    def fast(self, request: Request) -> Response | Deferred | None:
+        """Paths under /fast are served without a task; the rest go to `handle`."""
+        if not request.path.startswith("/fast"):
+            return None
+        self.served.append(request.path)
+        loop = asyncio.get_running_loop()
+        if request.path == "/fast/now":
+            return Response(200, b"now")
+        if request.path == "/fast/boom":
+            raise RuntimeError("the fast handler failed")
+        future: asyncio.Future[bytes] = loop.create_future()
+        if request.path == "/fast/later":
+            loop.call_later(0.2, future.set_result, b"later")
+        elif request.path == "/fast/blocked":
+            assert self.release is not None
+            released = asyncio.ensure_future(self.release.wait())
+            released.add_done_callback(lambda _: future.done() or future.set_result(b"released"))
+        elif request.path == "/fast/finish-boom":
+            future.set_result(b"")
+            return Deferred(future, _finish_boom)
+        else:
+            future.set_result(request.path.encode())
+        return Deferred(future, lambda done: Response(200, done.result()))
+
     def too_large(self, declared_length: int | None) -> Response:
         return json_response({"error": f"too large: {declared_length}"}, 413)
+
+
+def _finish_boom(future: asyncio.Future[bytes]) -> Response:
+    raise RuntimeError("finishing failed")
 
 
 @dataclass
@@ -81,6 +116,7 @@ def running() -> Iterator[Running]:
         too_large=app.too_large,
         on_response=app.statuses.append,
         idle_timeout_s=IDLE_TIMEOUT_S,
+        fast_handler=app.fast,
     )
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -257,13 +293,15 @@ def test_pipelined_requests_are_answered_in_order(running: Running) -> None:
         assert client.reply().json()["query"] == {"a": "1"}
 
 
-def test_pipelined_requests_are_served_one_at_a_time(running: Running) -> None:
+@pytest.mark.parametrize("blocked", ["/blocked", "/fast/blocked"])
+def test_pipelined_requests_are_served_one_at_a_time(running: Running, blocked: str) -> None:
     # A later request starts only after the one before it has its reply, so a
-    # pipelined write then read on one connection reads what was written.
+    # pipelined write then read on one connection reads what was written. So
+    # also when the first reply comes from the fast handler, deferred.
     with Client(running.port) as client:
-        client.send(get("/blocked") + get("/next"))
+        client.send(get(blocked) + get("/next"))
         time.sleep(0.2)
-        assert running.app.served == ["/blocked"]
+        assert running.app.served == [blocked]
         assert running.app.release is not None
         running.loop.call_soon_threadsafe(running.app.release.set)
         assert client.reply().body == b"released"
@@ -450,11 +488,12 @@ def test_every_response_is_counted(running: Running) -> None:
 # --- stopping -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("blocked", ["/blocked", "/fast/blocked"])
 def test_stop_closes_connections_and_does_not_wait_for_a_stuck_request(
-    running: Running,
+    running: Running, blocked: str
 ) -> None:
     with Client(running.port) as client:
-        client.send(get("/blocked"))
+        client.send(get(blocked))
         time.sleep(0.1)
         started = time.monotonic()
         running.call(running.server.stop(grace_s=0.3))
@@ -462,6 +501,42 @@ def test_stop_closes_connections_and_does_not_wait_for_a_stuck_request(
         assert client.closed()
     with pytest.raises(OSError):
         socket.create_connection((HOST, running.port), timeout=1).close()
+
+
+# --- the fast handler (no task) -----------------------------------------------------------
+
+
+def test_fast_replies_keep_their_place_among_pipelined_requests(running: Running) -> None:
+    with Client(running.port) as client:
+        client.send(
+            get("/fast/later")
+            + get("/slow?s=0.1")
+            + get("/fast/now")
+            + put("/echo", b"e")
+            + get("/fast/x")
+            + get("/none")
+        )
+        assert client.reply().body == b"later"
+        assert client.reply().body == b"slow"
+        assert client.reply().body == b"now"
+        assert client.reply().body == b"e"
+        assert client.reply().body == b"/fast/x"
+        assert client.reply().status == 204
+    assert running.app.served == [
+        "/fast/later", "/slow", "/fast/now", "/echo", "/fast/x", "/none"
+    ]  # fmt: skip
+
+
+def test_fast_handler_failures_are_500_and_the_connection_goes_on(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="raftkv.http"), Client(running.port) as client:
+        client.send(get("/fast/boom") + get("/fast/finish-boom") + get("/fast/now"))
+        first, second, third = client.reply(), client.reply(), client.reply()
+        assert (first.status, second.status, third.status) == (500, 500, 200)
+        assert "the fast handler failed" in first.json()["error"]
+        assert "finishing failed" in second.json()["error"]
+    assert running.app.statuses == [500, 500, 200]
 
 
 # --- the REST API on this server, end to end ---------------------------------------------

@@ -44,6 +44,7 @@ class Server:
             max_body_bytes=options.max_value_bytes,
             too_large=api.too_large,
             on_response=api.count_response,
+            fast_handler=api.fast,
         )
         try:
             await rest.start(options.listen_host, options.port)

@@ -10,6 +10,9 @@ application's async handler, one request at a time as aiohttp did, so that a
 pipelined `PUT k` then `GET k` reads what the PUT wrote. When the task ends its reply
 is written, with every finished reply queued behind it, in one `transport.write`,
 and the next request starts. A reply therefore never overtakes an earlier one.
+An application's optional `fast_handler` serves its most common requests without a
+task: it answers at once, or hands back a future and a function that turns the
+settled future into the reply (`Deferred`), run from the future's done callback.
 
 A connection is open, then closing: after a request that does not keep the
 connection alive (HTTP/1.0 without keep-alive, `Connection: close`), after a
@@ -131,6 +134,24 @@ class Request:
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class Deferred:
+    """A reply to come: `finish(future)` makes it once `future` is done (it may
+    raise, which answers 500, as a handler's exception does)."""
+
+    __slots__ = ("finish", "future")
+
+    def __init__(
+        self, future: asyncio.Future[Any], finish: Callable[[asyncio.Future[Any]], Response]
+    ) -> None:
+        self.future = future
+        self.finish = finish
+
+
+#: Serves a request without a task when it can: a Response now, a Deferred one, or
+#: None to leave the request to the `Handler`.
+FastHandler = Callable[[Request], "Response | Deferred | None"]
+
+
 class _Refused(Exception):
     """Raised in a parser callback to refuse the request being parsed: the server
     answers `response` and closes the connection."""
@@ -146,7 +167,8 @@ class HttpServer:
     `too_large(declared_length)` makes the 413 answer for a body over
     `max_body_bytes` (`declared_length` is None for a chunked body), and
     `on_response(status)` is called once for every response written, including the
-    server's own 400, 413 and 500 answers."""
+    server's own 400, 413 and 500 answers. `fast_handler`, when given, is offered
+    every request first (see the module docstring)."""
 
     def __init__(
         self,
@@ -156,8 +178,10 @@ class HttpServer:
         too_large: Callable[[int | None], Response],
         on_response: Callable[[int], None] | None = None,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
+        fast_handler: FastHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.fast_handler = fast_handler
         self.max_body_bytes = max_body_bytes
         self.too_large = too_large
         self.on_response = on_response
@@ -216,8 +240,9 @@ class HttpConnection(asyncio.Protocol):
         #: Replies and requests in arrival order: bytes are a finished reply, a
         #: Request is waiting to be served or (at the head) being served.
         self.queue: collections.deque[bytes | Request] = collections.deque()
-        #: invariant: not None only while the Request at the head of the queue is served.
-        self.serving: asyncio.Task[None] | None = None
+        #: invariant: not None only while the Request at the head of the queue is served
+        #: (by a task running the handler, or a Deferred's future).
+        self.serving: asyncio.Future[Any] | None = None
         self.closing = False
         self.last_active = 0.0
         self.read_paused = False
@@ -377,6 +402,50 @@ class HttpConnection(asyncio.Protocol):
         self.serving = None
         self._advance(self._render(response, request))
 
+    def _start(self, request: Request) -> bytes | None:
+        """Start serving the request at the head of the queue: its reply if it is
+        answered at once, else None (and `serving` is set)."""
+        fast = self.server.fast_handler
+        if fast is not None:
+            try:
+                answer = fast(request)
+            except Exception as exc:
+                log.exception("unexpected error serving %s %s", request.method, request.path)
+                answer = error_json(500, f"internal error: {exc}")
+            if type(answer) is Response:
+                return self._render(answer, request)
+            if answer is not None:
+                deferred = cast(Deferred, answer)
+                self.serving = deferred.future
+                deferred.future.add_done_callback(
+                    lambda future: self._finish(request, deferred.finish, future)
+                )
+                return None
+        self.serving = self._loop.create_task(self._serve(request))
+        return None
+
+    def _finish(
+        self,
+        request: Request,
+        finish: Callable[[asyncio.Future[Any]], Response],
+        future: asyncio.Future[Any],
+    ) -> None:
+        """A Deferred's future is done: write its reply, as `_serve` does."""
+        if future.cancelled():  # The server is stopping: nothing more here.
+            self.queue.clear()
+            self.closing = True
+            self.serving = None
+            return
+        try:
+            response = finish(future)
+        except Exception as exc:
+            log.exception("unexpected error serving %s %s", request.method, request.path)
+            response = error_json(500, f"internal error: {exc}")
+        assert self.queue[0] is request
+        self.queue.popleft()
+        self.serving = None
+        self._advance(self._render(response, request))
+
     def _render(self, response: Response, request: Request | None) -> bytes:
         status = response.status
         if self.server.on_response is not None:
@@ -429,9 +498,12 @@ class HttpConnection(asyncio.Protocol):
         while queue:
             head = queue[0]
             if type(head) is not bytes:
-                if not self.write_paused:  # Else the client is not reading: wait.
-                    self.serving = self._loop.create_task(self._serve(cast(Request, head)))
-                break
+                if self.write_paused:  # The client is not reading: wait.
+                    break
+                answered = self._start(cast(Request, head))
+                if answered is None:
+                    break
+                head = answered
             out.append(head)
             queue.popleft()
         transport = self.transport
@@ -460,7 +532,7 @@ class HttpConnection(asyncio.Protocol):
 
     # --- lifetime ------------------------------------------------------------------------
 
-    def pending_task(self) -> asyncio.Task[None] | None:
+    def pending_task(self) -> asyncio.Future[Any] | None:
         task = self.serving
         return task if task is not None and not task.done() else None
 

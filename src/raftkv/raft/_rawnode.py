@@ -40,6 +40,12 @@ class RawNode:
         #: by an advanced Ready): a leader sends nothing early in a term until then.
         self._durable_term_vote = (self._prev_hard_state.term, self._prev_hard_state.vote)
         self._ready_pending = False
+        #: While a Ready is pending: the last committed entry handed to the host (in
+        #: the Ready or by `take_committed_entries`), the entries taken, and the
+        #: last index that the Ready makes durable (0: taking is off).
+        self._handed_out = 0
+        self._taken: list[Entry] = []
+        self._take_limit = 0
 
     # --- input -------------------------------------------------------------------------
 
@@ -145,6 +151,35 @@ class RawNode:
         messages, raft.msgs_early = raft.msgs_early, []
         return messages
 
+    def take_committed_entries(self) -> list[Entry]:
+        """Take the entries committed since `ready()`, beyond those its Ready holds
+        and earlier takes, for a host to apply while it persists that Ready rather
+        than after the next `ready()`. Only between `ready()` and `advance()`.
+
+        The host applies them in order, after the Ready's own committed entries;
+        `advance()` counts them applied. They are durable on a quorum, so applying
+        them before this node's own write is durable is safe (Raft thesis
+        10.2.1). Taken are only entries this node will hold durably once the Ready
+        is (not those proposed since `ready()`, so the host may snapshot at its
+        applied index after `advance()`), never past a membership change (which
+        comes in a Ready, as usual), and nothing while the Ready installs a
+        snapshot."""
+        assert self._ready_pending, "take_committed_entries() outside ready()..advance()"
+        log = self._raft.log
+        hi = min(log.committed, self._take_limit)
+        lo = max(self._handed_out + 1, log.first_index())
+        if hi < lo:
+            return []
+        entries = log.slice(lo, hi + 1, log.max_applying_bytes)
+        for position, entry in enumerate(entries):
+            if entry.type is not EntryType.NORMAL:
+                entries = entries[:position]
+                break
+        if entries:
+            self._handed_out = entries[-1].index
+            self._taken.extend(entries)
+        return entries
+
     def has_ready(self) -> bool:
         raft = self._raft
         if raft.msgs or raft.msgs_early or raft.read_states:
@@ -191,6 +226,8 @@ class RawNode:
             rd.messages = rd.early_messages + rd.messages
             rd.early_messages = []
         self._ready_pending = True
+        self._handed_out = rd.committed_entries[-1].index if rd.committed_entries else log.applied
+        self._take_limit = log.last_index() if rd.snapshot is None else 0
         return rd
 
     def advance(self, rd: Ready) -> None:
@@ -207,7 +244,11 @@ class RawNode:
         if rd.entries:
             last = rd.entries[-1]
             raft.on_persisted(last.index, last.term)
-        raft.on_applied(rd.committed_entries)
+        if self._taken:
+            raft.on_applied([*rd.committed_entries, *self._taken])
+            self._taken = []
+        else:
+            raft.on_applied(rd.committed_entries)
 
     # --- inspection --------------------------------------------------------------------
 

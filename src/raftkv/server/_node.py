@@ -11,7 +11,9 @@ loop turn it:
    whatever arrives meanwhile goes in the next fsync), then sends the messages that
    depend on the write;
 3. applies committed entries to the state machine and resolves the requests they
-   answer, and the reads whose read index is now applied;
+   answer, and the reads whose read index is now applied; entries committed while
+   it waits for the fsync are applied as the acknowledgements arrive
+   (`RawNode.take_committed_entries`);
 4. advances, and takes a snapshot when enough entries were applied since the last.
 
 Messages from peers are stepped into the core as they arrive (on the event loop);
@@ -487,6 +489,12 @@ class Node:
         if self._persisting:
             # Acknowledgements may open a follower's window: its next appends go now.
             self._send_early()
+            # And may commit entries: apply them (and answer their clients) now,
+            # not after the fsync being waited for. They are durable on a quorum.
+            committed = raw.take_committed_entries()
+            if committed:
+                self._apply(committed)
+                self._release_reads()
 
     def _wake_for_request(self) -> None:
         self._wake.set()

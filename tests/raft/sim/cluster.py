@@ -125,6 +125,10 @@ class ClusterConfig:
     apply_before_persist: bool = False
     #: Send `take_early_messages()` after input taken while a Ready is persisting.
     send_early_while_persisting: bool = False
+    #: Apply `take_committed_entries()` after input taken while a Ready is
+    #: persisting, as the server does. Only with `apply_before_persist`: the
+    #: Ready's own committed entries must be applied first.
+    apply_while_persisting: bool = False
     #: A write that must be fsynced takes 1..this many units.
     max_fsync_units: int = 3
     #: A node takes its Ready 0..this many units after new input (batching).
@@ -410,6 +414,16 @@ class Cluster:
             # persists go out at once (the entries come in the next Ready).
             for message in node.raw.take_early_messages():
                 self._send(node, message)
+        config = self.config
+        if node.busy and config.apply_while_persisting and config.apply_before_persist:
+            # As the server does: entries committed meanwhile (durable on a quorum)
+            # are applied, and reads answered, before the Ready's write is durable.
+            taken = node.raw.take_committed_entries()
+            if taken:
+                self.stats["applied_while_persisting"] += len(taken)
+                node.commit_seen = max(node.commit_seen, node.raw.status().hard_state.commit)
+                self._apply(node, taken)
+                self._serve_reads(node)
         self._want_ready(node)
 
     def _drain_inbox(self, node: SimNode) -> None:

@@ -71,6 +71,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         max_inflight_bytes=rng.choice((0, max(max_size_per_msg_bytes, 2048))),
         max_uncommitted_entries_bytes=rng.choice((0, 0, 1024)),
         max_fsync_units=rng.choice((1, 3, 8)),
+        apply_while_persisting=rng.random() < 0.7,
     )
 
 

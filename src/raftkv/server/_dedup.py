@@ -31,13 +31,24 @@ DEFAULT_WINDOW_ENTRIES = 100_000
 
 
 class AppliedRequests:
-    __slots__ = ("_index_of", "_order", "window_entries")
+    """The window, as a dict for the lookups and runs for expiry and snapshots.
+
+    A run (first index, origin, first request id, count) says that request
+    `first request id + k` of `origin` was applied at index `first index + k`, for
+    k < count. A node's requests get consecutive ids and go into the log in that
+    order, so under load the window is a handful of runs however many entries it
+    covers, and a snapshot carries those runs rather than a row per entry."""
+
+    __slots__ = ("_index_of", "_open", "_runs", "window_entries")
 
     def __init__(self, window_entries: int = DEFAULT_WINDOW_ENTRIES) -> None:
         assert window_entries > 0
         self.window_entries = window_entries
         self._index_of: dict[tuple[int, int], int] = {}
-        self._order: collections.deque[tuple[int, tuple[int, int]]] = collections.deque()
+        #: The closed runs, oldest first, then the newest one, still growing.
+        # invariant: runs are in index order and do not overlap.
+        self._runs: collections.deque[tuple[int, int, int, int]] = collections.deque()
+        self._open: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self._index_of)
@@ -50,27 +61,66 @@ class AppliedRequests:
         return not (base and index - base > self.window_entries)
 
     def record(self, index: int, origin: int, request_id: int) -> None:
-        key = (origin, request_id)
-        self._index_of[key] = index
-        order = self._order
-        order.append((index, key))
+        """The request was applied at `index` (above every index recorded before)."""
+        self._index_of[(origin, request_id)] = index
+        run = self._open
+        if run is not None and (
+            run[0] + run[3] == index and run[2] + run[3] == request_id and run[1] == origin
+        ):
+            run[3] += 1
+        else:
+            if run is not None:
+                self._runs.append((run[0], run[1], run[2], run[3]))
+            run = self._open = [index, origin, request_id, 1]
         horizon = index - self.window_entries
-        index_of = self._index_of
-        while order[0][0] <= horizon:
-            old_index, old_key = order.popleft()
-            if index_of.get(old_key) == old_index:
-                del index_of[old_key]
+        runs = self._runs
+        if (runs[0][0] if runs else run[0]) <= horizon:
+            self._expire(horizon)
 
-    def dump(self) -> list[tuple[int, tuple[int, int]]]:
-        """The window as (index, (origin, request id)) rows: a C-speed copy, cheap
-        enough for the event loop; msgpack serialises the rows as they are."""
-        return list(self._order)
+    def _expire(self, horizon: int) -> None:
+        """Forget the requests applied at or before `horizon`."""
+        index_of = self._index_of
+        runs = self._runs
+        while runs or self._open is not None:
+            first, origin, request_id, count = runs[0] if runs else self._open  # type: ignore[misc]
+            if first > horizon:
+                return
+            gone = min(count, horizon - first + 1)
+            for k in range(gone):
+                key = (origin, request_id + k)
+                if index_of.get(key) == first + k:
+                    del index_of[key]
+            if gone < count:
+                rest = (first + gone, origin, request_id + gone, count - gone)
+                if runs:
+                    runs[0] = rest
+                else:
+                    self._open = list(rest)
+                return
+            if runs:
+                runs.popleft()
+            else:
+                self._open = None
+
+    def dump(self) -> list[tuple[int, int, int, int]]:
+        """The window as runs (first index, origin, first request id, count): a copy
+        cheap enough for the event loop, which msgpack serialises as it is."""
+        if self._open is None:
+            return list(self._runs)
+        first, origin, request_id, count = self._open
+        return [*self._runs, (first, origin, request_id, count)]
 
     @classmethod
     def load(cls, rows: list[Any], window_entries: int) -> AppliedRequests:
+        """From `dump`'s runs; also reads the rows of a snapshot taken before runs,
+        one per request: (index, (origin, request id))."""
         applied = cls(window_entries)
-        for index, (origin, request_id) in rows:
-            key = (int(origin), int(request_id))
-            applied._index_of[key] = int(index)
-            applied._order.append((int(index), key))
+        for row in rows:
+            if len(row) == 2:
+                index, (origin, request_id) = row
+                count = 1
+            else:
+                index, origin, request_id, count = row
+            for k in range(int(count)):
+                applied.record(int(index) + k, int(origin), int(request_id) + k)
         return applied

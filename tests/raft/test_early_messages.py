@@ -4,7 +4,7 @@ durable, and its own entries still wait for the next Ready."""
 
 from __future__ import annotations
 
-from raftkv.raft import Config, MessageType, Role
+from raftkv.raft import Config, Message, MessageType, Role
 
 from .network import Network
 
@@ -92,3 +92,29 @@ def test_a_follower_has_nothing_to_send_early() -> None:
     follower.propose(b"x")  # forwarded to the leader in a plain message
     assert follower.take_early_messages() == []
     assert [m.type for m in follower.ready().messages] == [MessageType.PROP]
+
+
+def test_a_followers_heartbeat_answer_goes_out_at_once() -> None:
+    net = Network(3)
+    net.campaign(1)
+    net.nodes[1].raw.read_index(b"r")  # A ReadIndex round: heartbeats with a context.
+    heartbeat = next(m for m in net.take(MessageType.HEARTBEAT) if m.to == 2)
+    follower = net.nodes[2].raw
+    follower.step(heartbeat)
+    # Nothing persisted backs the answer: it needs no Ready.
+    (answer,) = follower.take_early_messages()
+    assert (answer.type, answer.to) == (MessageType.HEARTBEAT_RESP, 1)
+    assert answer.context == heartbeat.context
+
+
+def test_a_heartbeat_answer_in_a_new_term_waits_for_the_term_to_be_durable() -> None:
+    net = Network(3)
+    net.campaign(1)
+    follower = net.nodes[2].raw
+    term = follower.term + 3  # As if node 3 had become leader of a later term.
+    follower.step(Message(MessageType.HEARTBEAT, to=2, frm=3, term=term))
+    assert follower.term == term
+    assert follower.take_early_messages() == []  # The new term is not durable yet.
+    rd = follower.ready()
+    assert rd.early_messages == []
+    assert [(m.type, m.term) for m in rd.messages] == [(MessageType.HEARTBEAT_RESP, term)]

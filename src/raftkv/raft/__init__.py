@@ -12,9 +12,10 @@ and does, in this order:
    it. Append `rd.entries` to the log (replacing any suffix they conflict with) and
    store `rd.hard_state` if set. When `rd.must_sync` is true, these writes must be
    durable (fsynced) before step 2 sends `rd.messages`.
-2. Send. `rd.early_messages` (a leader's appends and heartbeats) may be sent before
-   or while step 1 runs; `rd.messages` only after step 1 is durable, because they
-   promise what was persisted (a vote, an acknowledged append).
+2. Send. `rd.early_messages` (a leader's appends and heartbeats, a follower's
+   answers to heartbeats) may be sent before or while step 1 runs; `rd.messages`
+   only after step 1 is durable, because they promise what was persisted (a vote,
+   an acknowledged append).
 3. Apply `rd.committed_entries` in order. For a CONF_CHANGE entry, decode it with
    `ConfChange.decode` and call `apply_conf_change`. An empty NORMAL entry is a new
    leader's no-op. Then answer each `rd.read_states` request once the applied index

@@ -217,7 +217,11 @@ class Raft:
     # --- sending -------------------------------------------------------------------------
 
     def _send(self, message: Message) -> None:
-        if self.role is Role.LEADER and message.type in _EARLY_TYPES:
+        if (
+            self.role is Role.LEADER and message.type in _EARLY_TYPES
+        ) or message.type is MessageType.HEARTBEAT_RESP:
+            # A heartbeat's answer promises nothing persisted (it carries the term,
+            # which `take_early_messages` and `ready` hold back until durable).
             self.msgs_early.append(message)
         else:
             self.msgs.append(message)

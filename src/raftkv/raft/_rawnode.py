@@ -136,8 +136,9 @@ class RawNode:
     # --- output ------------------------------------------------------------------------
 
     def take_early_messages(self) -> list[Message]:
-        """Take the messages a leader may send at once: its appends and heartbeats,
-        which would otherwise be the next Ready's `early_messages`.
+        """Take the messages that may be sent at once: a leader's appends and
+        heartbeats, a follower's answers to heartbeats, which would otherwise be
+        the next Ready's `early_messages`.
 
         For a host persisting a Ready: a proposal it makes meanwhile goes out to the
         followers now, rather than after this Ready's write and the next `ready()`.

@@ -486,9 +486,11 @@ class Node:
         for message in messages:
             raw.step(message)
         self._wake.set()
+        # What needs no fsync goes now: a follower's heartbeat answers (which
+        # confirm a leader's ReadIndex), a leader's appends that acknowledgements
+        # allow.
+        self._send_early()
         if self._persisting:
-            # Acknowledgements may open a follower's window: its next appends go now.
-            self._send_early()
             # And may commit entries: apply them (and answer their clients) now,
             # not after the fsync being waited for. They are durable on a quorum.
             committed = raw.take_committed_entries()

@@ -195,6 +195,16 @@ class Network:
             return False
         return not any(drop(message) for drop in self.filters)
 
+    def acknowledge(self, leader_id: int, appends: list[Message]) -> None:
+        """Hand a leader's appends to their followers and the followers' answers
+        back to the leader, while the leader itself may be mid-Ready."""
+        for message in appends:
+            self.nodes[message.to].raw.step(message)
+        for follower in {message.to for message in appends}:
+            self.process_node(follower)
+        for message in self.take(MessageType.APP_RESP, process=False):
+            self.nodes[leader_id].raw.step(message)
+
     def take(self, kind: MessageType | None = None, *, process: bool = True) -> list[Message]:
         """Remove and return the queued messages (of one type, or all), after running
         the host contract for every node (unless `process` is False)."""

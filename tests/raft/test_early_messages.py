@@ -35,15 +35,9 @@ def test_followers_commit_without_the_leaders_write_but_the_leader_waits_for_it(
     commit = leader.status().hard_state.commit
     leader.propose(b"x")
     rd = leader.ready()
-    for message in rd.early_messages:
-        net.nodes[message.to].raw.step(message)
+    appends = rd.early_messages
     leader.propose(b"y")
-    for message in leader.take_early_messages():
-        net.nodes[message.to].raw.step(message)
-    for follower in (2, 3):
-        net.process_node(follower)
-    for message in net.take(MessageType.APP_RESP, process=False):
-        leader.step(message)
+    net.acknowledge(1, appends + leader.take_early_messages())
     # Both followers hold x and y: a quorum without the leader, which has
     # persisted neither yet.
     assert leader.status().hard_state.commit == commit + 2

@@ -12,16 +12,6 @@ from .network import Network
 from .test_snapshot import lagging_follower_cluster
 
 
-def acknowledge(net: Network, messages: list) -> None:  # type: ignore[type-arg]
-    """Deliver the leader's appends to the followers and their answers back."""
-    for message in messages:
-        net.nodes[message.to].raw.step(message)
-    for follower in (2, 3):
-        net.process_node(follower)
-    for message in net.take(MessageType.APP_RESP, process=False):
-        net.nodes[1].raw.step(message)
-
-
 def test_an_entry_committed_while_its_ready_persists_is_taken_once() -> None:
     net = Network(3)
     net.campaign(1)
@@ -29,7 +19,7 @@ def test_an_entry_committed_while_its_ready_persists_is_taken_once() -> None:
     leader.propose(b"x")
     rd = leader.ready()  # persisting "x"...
     assert rd.committed_entries == []
-    acknowledge(net, rd.early_messages)  # ...when both followers hold it
+    net.acknowledge(1, rd.early_messages)  # ...when both followers hold it
     taken = leader.take_committed_entries()
     assert [e.data for e in taken] == [b"x"]
     assert leader.take_committed_entries() == []
@@ -46,7 +36,7 @@ def test_entries_proposed_after_ready_are_left_for_the_next_ready() -> None:
     leader.propose(b"x")
     rd = leader.ready()
     leader.propose(b"y")  # Not in this Ready: not durable here when it advances.
-    acknowledge(net, rd.early_messages + leader.take_early_messages())
+    net.acknowledge(1, rd.early_messages + leader.take_early_messages())
     assert [e.data for e in leader.take_committed_entries()] == [b"x"]
     net.nodes[1].storage.append(rd.entries)
     leader.advance(rd)
@@ -63,7 +53,7 @@ def test_a_membership_change_is_never_taken() -> None:
     leader.propose_conf_change(ConfChange(ConfChangeType.ADD_LEARNER, 4))
     leader.propose(b"z")
     rd = leader.ready()
-    acknowledge(net, rd.early_messages)
+    net.acknowledge(1, rd.early_messages)
     assert [e.data for e in leader.take_committed_entries()] == [b"x"]
     assert leader.take_committed_entries() == []
     net.nodes[1].storage.append(rd.entries)

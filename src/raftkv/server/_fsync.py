@@ -127,8 +127,5 @@ class Fsyncer:
         while self._pending:
             self._drained = self._loop.create_future()
             await self._drained
-        if self._ring is not None:
-            self._loop.remove_reader(self._ring.fileno())
-            self._ring.close()
-            self._ring = None
+        self._retire_ring_when_idle()
         self._executor.shutdown(wait=True)

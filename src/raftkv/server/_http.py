@@ -390,17 +390,26 @@ class HttpConnection(asyncio.Protocol):
         try:
             response = await self.server.handler(request)
         except Exception as exc:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            response = error_json(500, f"internal error: {exc}")
-        except asyncio.CancelledError:  # The server is stopping: nothing more here.
-            self.queue.clear()
-            self.closing = True
-            self.serving = None
+            response = _internal_error(request, exc)
+        except asyncio.CancelledError:
+            self._give_up()
             raise
+        self._served(request, response)
+
+    def _served(self, request: Request, response: Response) -> None:
+        """The request at the head of the queue has its reply: write it (and any
+        ready behind it) and start the next."""
         assert self.queue[0] is request
         self.queue.popleft()
         self.serving = None
         self._advance(self._render(response, request))
+
+    def _give_up(self) -> None:
+        """The server is stopping and cancelled the request being served: nothing
+        more is answered on this connection."""
+        self.queue.clear()
+        self.closing = True
+        self.serving = None
 
     def _start(self, request: Request) -> bytes | None:
         """Start serving the request at the head of the queue: its reply if it is
@@ -410,8 +419,7 @@ class HttpConnection(asyncio.Protocol):
             try:
                 answer = fast(request)
             except Exception as exc:
-                log.exception("unexpected error serving %s %s", request.method, request.path)
-                answer = error_json(500, f"internal error: {exc}")
+                answer = _internal_error(request, exc)
             if type(answer) is Response:
                 return self._render(answer, request)
             if answer is not None:
@@ -431,20 +439,14 @@ class HttpConnection(asyncio.Protocol):
         future: asyncio.Future[Any],
     ) -> None:
         """A Deferred's future is done: write its reply, as `_serve` does."""
-        if future.cancelled():  # The server is stopping: nothing more here.
-            self.queue.clear()
-            self.closing = True
-            self.serving = None
+        if future.cancelled():
+            self._give_up()
             return
         try:
             response = finish(future)
         except Exception as exc:
-            log.exception("unexpected error serving %s %s", request.method, request.path)
-            response = error_json(500, f"internal error: {exc}")
-        assert self.queue[0] is request
-        self.queue.popleft()
-        self.serving = None
-        self._advance(self._render(response, request))
+            response = _internal_error(request, exc)
+        self._served(request, response)
 
     def _render(self, response: Response, request: Request | None) -> bytes:
         status = response.status
@@ -549,6 +551,11 @@ class HttpConnection(asyncio.Protocol):
         self.closing = True
         if self.transport is not None:
             self.transport.close()
+
+
+def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error serving %s %s", request.method, request.path)
+    return error_json(500, f"internal error: {exc}")
 
 
 def _bad_request(reason: str) -> Response:

@@ -486,17 +486,23 @@ class Node:
         for message in messages:
             raw.step(message)
         self._wake.set()
-        # What needs no fsync goes now: a follower's heartbeat answers (which
-        # confirm a leader's ReadIndex), a leader's appends that acknowledgements
-        # allow.
-        self._send_early()
+        if self.role is not Role.LEADER:
+            # A follower's answers to heartbeats (which confirm a leader's
+            # ReadIndex) need no fsync: they go now.
+            self._send_early()
+            return
+        # What acknowledgements make sendable is mostly appends carrying a new
+        # commit index: they go after the replies to the clients of the entries
+        # just committed. Not persisting, the Ready this wakes applies those
+        # entries and sends the appends.
         if self._persisting:
-            # And may commit entries: apply them (and answer their clients) now,
-            # not after the fsync being waited for. They are durable on a quorum.
+            # Persisting, the entries are applied (and their clients answered) now,
+            # not after the fsync being waited for: they are durable on a quorum.
             committed = raw.take_committed_entries()
             if committed:
                 self._apply(committed)
                 self._release_reads()
+            self._transport.send(raw.take_early_messages())  # out after the replies
 
     def _wake_for_request(self) -> None:
         self._wake.set()

@@ -48,6 +48,13 @@ class Config:
     #: clients wait (its ReadIndex needs a heartbeat quorum), until it hears a
     #: newer term.
     check_quorum: bool = True
+    #: Whether a leader sends every follower an append as soon as its commit index
+    #: advances (etcd's behaviour). Off, a follower learns the new commit index
+    #: with its next append or heartbeat, or at once when something waits on it
+    #: there: a proposal it forwarded, or a read index it asked for. That saves a
+    #: message and its answer per follower per commit; followers that wait on
+    #: nothing apply up to a heartbeat later while the leader is idle.
+    eager_commit: bool = True
     #: The last index the host has applied (on restart: the index of the state
     #: machine snapshot it restored). Committed entries after it are delivered again.
     applied: int = 0

@@ -78,6 +78,7 @@ class Inflights:
 
 class Progress:
     __slots__ = (
+        "awaited_commit",
         "inflights",
         "is_learner",
         "last_heard_tick",
@@ -99,6 +100,10 @@ class Progress:
         self.last_heard_tick = 0
         self.inflights = inflights
         self.is_learner = is_learner
+        # With `Config.eager_commit` off: the commit index this follower waits on
+        # (for a proposal it forwarded, or a read index it asked for) and has not
+        # been sent yet; 0 if none.
+        self.awaited_commit = 0
 
     def __repr__(self) -> str:
         return (

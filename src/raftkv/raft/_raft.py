@@ -278,6 +278,9 @@ class Raft:
                 commit=log.committed,
             )
         )
+        awaited = progress.awaited_commit
+        if awaited and min(log.committed, progress.next - 1 + len(entries)) >= awaited:
+            progress.awaited_commit = 0  # The follower will commit it with this append.
         progress.sent_entries(len(entries), size_bytes)
         return True
 
@@ -314,6 +317,26 @@ class Raft:
 
     def _broadcast_append(self) -> None:
         for peer in self._peers():
+            self._send_append(peer)
+
+    def _announce_commit(self) -> None:
+        """The commit index advanced: tell the followers (see `Config.eager_commit`)."""
+        if self.config.eager_commit:
+            self._broadcast_append()
+            return
+        committed = self.log.committed
+        for peer, progress in self.progress.items():
+            if 0 < progress.awaited_commit <= committed and peer != self.id:
+                self._send_append(peer)
+
+    def _await_commit(self, peer: int, index: int) -> None:
+        """Follower `peer` waits for `index` to commit: send it the commit index
+        once it does, rather than with its next append or heartbeat."""
+        progress = self.progress.get(peer)
+        if self.config.eager_commit or progress is None or peer == self.id:
+            return
+        progress.awaited_commit = max(progress.awaited_commit, index)
+        if index <= self.log.committed:
             self._send_append(peer)
 
     def _broadcast_heartbeat(self, context: bytes = b"") -> None:
@@ -706,6 +729,7 @@ class Raft:
             # Only once the change is in the log: a proposal refused above (say, by
             # the uncommitted-bytes cap) must not block the next change.
             self.pending_conf_index = first_index + conf_position - 1
+        self._await_commit(m.frm, self.log.last_index())  # if forwarded by a follower
         self._broadcast_append()
 
     def _validate_conf_change(self, change: ConfChange) -> None:
@@ -766,6 +790,7 @@ class Raft:
                     context=context,
                 )
             )
+            self._await_commit(requester, index)  # It applies up to index, then reads.
 
     def _release_pending_read_index(self) -> None:
         if self.pending_read_index and self.log.term_or_zero(self.log.committed) == self.term:
@@ -810,7 +835,7 @@ class Raft:
         else:
             progress.inflights.free_le(m.index)
         if self._maybe_commit():
-            self._broadcast_append()
+            self._announce_commit()
         elif was_paused:
             self._send_append(m.frm)
         # Pipelining: keep the window full while there is more to send.
@@ -979,7 +1004,7 @@ class Raft:
         if self.role is Role.LEADER and self.log.match_term(last_index, last_term):
             own = self.progress.get(self.id)
             if own is not None and own.maybe_update(last_index) and self._maybe_commit():
-                self._broadcast_append()
+                self._announce_commit()
 
     def on_applied(self, entries: list[Entry]) -> None:
         if not entries:

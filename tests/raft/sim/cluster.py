@@ -129,6 +129,9 @@ class ClusterConfig:
     #: persisting, as the server does. Only with `apply_before_persist`: the
     #: Ready's own committed entries must be applied first.
     apply_while_persisting: bool = False
+    #: `Config.eager_commit`: off, followers learn most commits from the next
+    #: append or heartbeat, as on the server.
+    eager_commit: bool = True
     #: A write that must be fsynced takes 1..this many units.
     max_fsync_units: int = 3
     #: A node takes its Ready 0..this many units after new input (batching).
@@ -313,6 +316,7 @@ class Cluster:
             max_uncommitted_entries_bytes=self.config.max_uncommitted_entries_bytes,
             pre_vote=self.config.pre_vote,
             check_quorum=self.config.check_quorum,
+            eager_commit=self.config.eager_commit,
             applied=snapshot.metadata.index,
         )
         config.validate()

@@ -72,6 +72,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         max_uncommitted_entries_bytes=rng.choice((0, 0, 1024)),
         max_fsync_units=rng.choice((1, 3, 8)),
         apply_while_persisting=rng.random() < 0.7,
+        eager_commit=rng.random() < 0.3,
     )
 
 

@@ -1,0 +1,75 @@
+"""`Config.eager_commit`: whether a leader tells every follower a new commit index
+at once (etcd's behaviour), or only the followers that wait on it, the rest
+learning it with their next append or heartbeat."""
+
+from __future__ import annotations
+
+from raftkv.raft import Config, MessageType
+
+from .network import Network
+
+
+def lazy(node_id: int) -> Config:
+    return Config(id=node_id, eager_commit=False)
+
+
+def started(configure=lazy) -> Network:  # type: ignore[no-untyped-def]
+    net = Network(3, configure=configure)
+    net.campaign(1)
+    net.tick(1)  # A heartbeat: every follower knows the leader's first commit.
+    net.stabilize()
+    net.sent.clear()
+    return net
+
+
+def commit_of(net: Network, node_id: int) -> int:
+    return net.nodes[node_id].raw.status().hard_state.commit
+
+
+def test_eager_commit_tells_every_follower_at_once() -> None:
+    net = started(configure=lambda node_id: Config(id=node_id))
+    net.propose(1, b"x")
+    assert net.applied_data(2) == net.applied_data(3) == [b"x"]
+    # The entries, then the commit index: two appends to each follower.
+    assert net.count_sent(MessageType.APP, frm=1) == 4
+
+
+def test_a_new_commit_index_rides_on_the_next_append() -> None:
+    net = started()
+    net.propose(1, b"x")
+    assert net.applied_data(1) == [b"x"]
+    assert net.applied_data(2) == net.applied_data(3) == []
+    assert net.count_sent(MessageType.APP, frm=1) == 2  # the entries only
+    net.propose(1, b"y")
+    assert net.applied_data(2) == net.applied_data(3) == [b"x"]
+
+
+def test_a_heartbeat_carries_the_commit_index_to_an_idle_follower() -> None:
+    net = started()
+    net.propose(1, b"x")
+    net.tick(1)
+    net.stabilize()
+    assert net.applied_data(2) == net.applied_data(3) == [b"x"]
+
+
+def test_a_follower_hears_at_once_that_its_forwarded_proposal_committed() -> None:
+    net = started()
+    net.propose(2, b"from 2")
+    assert net.applied_data(2) == [b"from 2"]  # Its client is answered now...
+    assert net.applied_data(3) == []  # ...while node 3 waits on nothing.
+
+
+def test_a_follower_asking_for_a_read_index_is_sent_the_commit_index() -> None:
+    net = started()
+    net.propose(1, b"x")
+    index = commit_of(net, 1)
+    assert commit_of(net, 3) < index
+    net.sent.clear()
+    net.nodes[3].raw.read_index(b"ctx")
+    net.stabilize()
+    assert [(r.index, r.request_ctx) for r in net.nodes[3].read_states] == [(index, b"ctx")]
+    # With its answer goes an append with the commit index, so that node 3 can
+    # apply up to the read index whatever the heartbeats told it.
+    assert any(m.type is MessageType.APP and m.commit >= index for m in net.sent if m.to == 3)
+    assert commit_of(net, 3) >= index
+    assert net.applied_data(3) == [b"x"]

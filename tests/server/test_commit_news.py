@@ -2,7 +2,8 @@
 one event loop on 127.0.0.1.
 
 - Once an acknowledgement commits a write, the leader answers the write's client
-  before it sends any follower an append that carries the new commit index. One
+  before it sends any follower an append that carries the new commit index, and
+  before it writes that index to its WAL. One
   side's fsyncs are slowed so that the acknowledgement that commits arrives either
   after the leader's own fsync (the Ready applies the entry) or during it (the
   acknowledgement applies it).
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 
 from raftkv.kv import encode_put
-from raftkv.raft import Message, MessageType, Role
+from raftkv.raft import Entry, HardState, Message, MessageType, Role
 from raftkv.server._node import Node
 from raftkv.server._options import NodeOptions
 from raftkv.transport import _transport
@@ -86,7 +87,8 @@ async def writes_and_frames(tmp_path: Path, slow: str, monkeypatch: Any) -> list
     """Ten writes, one at a time, through the leader; returns what it did in order:
     ("answered", index) when a write's client hears back, ("sent", commit) for
     every frame of appends it writes to a follower, ("heartbeat", commit) for
-    every frame of heartbeats."""
+    every frame of heartbeats, ("wal", commit) for every WAL write of a new commit
+    index alone."""
     events: list[tuple] = []
     async with cluster(tmp_path, tick_ms=20, fsync="thread") as nodes:
         leader = await elect(nodes)
@@ -104,6 +106,15 @@ async def writes_and_frames(tmp_path: Path, slow: str, monkeypatch: Any) -> list
             write_batch(peer, link, batch)
 
         monkeypatch.setattr(_transport._Peer, "write_batch", recording)
+        storage = leader._storage
+        append = storage.append
+
+        def recording_wal(entries: list[Entry], hard_state: HardState | None = None) -> None:
+            if not entries and hard_state is not None:
+                events.append(("wal", hard_state.commit))
+            append(entries, hard_state)
+
+        monkeypatch.setattr(storage, "append", recording_wal)
         for k in range(10):
             future = leader.submit_write(encode_put(b"key%d" % k, b"value"))
             future.add_done_callback(
@@ -124,8 +135,23 @@ def test_the_client_is_answered_before_the_followers_learn_the_commit(
     for at, index in answers:
         told = [p for p, (what, commit) in enumerate(events) if what == "sent" and commit >= index]
         assert not told or told[0] > at, f"commit {index} went out before its answer: {events}"
-        learned = [p for p, (_, commit) in enumerate(events[at:]) if commit >= index]
+        learned = [
+            what
+            for what, commit in events[at:]
+            if what in ("sent", "heartbeat") and commit >= index
+        ]
         assert learned, f"the followers never learned that {index} is committed: {events}"
+
+
+@pytest.mark.parametrize("slow", ["followers", "leader"])
+def test_the_client_is_answered_before_the_commit_index_is_written(
+    tmp_path: Path, slow: str, monkeypatch: Any
+) -> None:
+    events = asyncio.run(writes_and_frames(tmp_path, slow, monkeypatch))
+    for at, (what, index) in enumerate(events):
+        if what == "answered":
+            written = [p for p, (w, commit) in enumerate(events) if w == "wal" and commit >= index]
+            assert not written or written[0] > at, f"{index} written before answered: {events}"
 
 
 def test_a_write_through_a_follower_does_not_wait_for_a_heartbeat(tmp_path: Path) -> None:

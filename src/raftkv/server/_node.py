@@ -625,10 +625,10 @@ class Node:
         if rd.hard_state is not None:
             self.term = rd.hard_state.term
             self.committed_index = rd.hard_state.commit
-        if rd.entries or rd.hard_state is not None:
-            storage.append(rd.entries, rd.hard_state)
         synced = None
         if rd.must_sync:
+            if rd.entries or rd.hard_state is not None:
+                storage.append(rd.entries, rd.hard_state)
             # The kernel (or a worker thread) syncs while this thread applies.
             # Committed entries are durable on a quorum already, so they are applied
             # (and their clients answered) without waiting for this write. Only the
@@ -652,6 +652,12 @@ class Node:
                 self.metrics.fsync_seconds.observe(await synced)
             finally:
                 self._persisting = False
+        elif rd.committed_entries or rd.read_states:
+            # The replies to the clients just answered are written by their
+            # futures' callbacks: let them run before the bookkeeping below.
+            await asyncio.sleep(0)
+        if rd.hard_state is not None and not rd.must_sync:
+            storage.append([], rd.hard_state)  # Only a new commit index.
         self._send_now(rd.messages)  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()

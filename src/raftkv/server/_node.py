@@ -119,8 +119,7 @@ class Node:
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
-        #: Whether the raft loop waits for a Ready's fsync; requests that arrive
-        #: meanwhile are proposed at once (`_submit_while_persisting`).
+        #: Whether the raft loop waits for a Ready's fsync.
         self._persisting = False
         self._submit_scheduled = False
         #: Runs the WAL's fsyncs while the loop goes on (set up in `start`).
@@ -508,21 +507,24 @@ class Node:
             self._transport.send(raw.take_early_messages())  # out after the replies
 
     def _wake_for_request(self) -> None:
-        self._wake.set()
-        if self._persisting and not self._submit_scheduled:
+        if self.role is not Role.LEADER:
+            self._wake.set()  # The raft loop forwards it.
+        elif not self._submit_scheduled:
             self._submit_scheduled = True
-            self._loop.call_soon(self._submit_while_persisting)
+            self._loop.call_soon(self._submit_now)
 
-    def _submit_while_persisting(self) -> None:
-        """Requests that arrive while the raft loop waits for a Ready's fsync: a
-        leader proposes them now and sends their appends (and ReadIndex heartbeats)
-        at once, so the followers persist them while this node still waits. The
-        entries come in the next Ready, to be persisted here; until they are, the
-        leader does not count itself towards committing them."""
+    def _submit_now(self) -> None:
+        """A leader's requests, once every request of this loop turn is in: proposed,
+        and their appends (and ReadIndex heartbeats) sent at once, rather than in the
+        raft loop's next turn, which may be waiting for a Ready's fsync. Followers
+        persist the entries while this node still waits; the entries come in the
+        next Ready, to be persisted here, and until they are the leader does not
+        count itself towards committing them."""
         self._submit_scheduled = False
-        if self._persisting and self.role is Role.LEADER:
+        if self.role is Role.LEADER:
             self._submit_requests()
             self._send_early()
+        self._wake.set()
 
     def _send_early(self) -> None:
         self._send_now(self._raw.take_early_messages())

@@ -73,6 +73,24 @@ def test_close_waits_for_the_fsyncs_in_flight(storage: DiskStorage, mode: str) -
     storage.abandon_sync(ticket)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_then_runs_once_durable_and_before_the_waiter(storage: DiskStorage, mode: str) -> None:
+    needs(mode)
+    order: list[str] = []
+
+    async def main() -> None:
+        fsyncer = Fsyncer(storage, asyncio.get_running_loop(), mode=mode, name="test")
+        storage.append(entries(1, 3), HardState(1, 1, 0))
+        pending = fsyncer.sync(then=lambda: order.append("then"))
+        assert order == []
+        await pending
+        order.append("waiter")
+        await fsyncer.close()
+
+    asyncio.run(main())
+    assert order == ["then", "waiter"]
+
+
 def test_a_failed_fsync_through_io_uring_is_fatal(
     storage: DiskStorage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -87,13 +105,14 @@ def test_a_failed_fsync_through_io_uring_is_fatal(
         return SyncTicket(ticket.seq, ticket.path, os.dup(write_end), ticket.offset)
 
     monkeypatch.setattr(storage, "begin_sync", on_a_pipe)  # fdatasync fails: EINVAL
+    ran: list[str] = []
 
     async def main() -> None:
         fsyncer = Fsyncer(storage, asyncio.get_running_loop(), mode="io_uring", name="test")
         storage.append(entries(1, 1), HardState(1, 1, 0))
         try:
             with pytest.raises(DurabilityError, match=r"fsync of .* failed \(Invalid argument"):
-                await fsyncer.sync()
+                await fsyncer.sync(then=lambda: ran.append("then"))
         finally:
             await fsyncer.close()
 
@@ -102,6 +121,7 @@ def test_a_failed_fsync_through_io_uring_is_fatal(
     finally:
         os.close(read_end)
         os.close(write_end)
+    assert ran == []  # Nothing that depends on the write went out.
     with pytest.raises(DurabilityError):
         storage.append(entries(2, 2))  # The storage refuses everything after.
 

@@ -26,6 +26,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Callable
 
 from ..storage import DiskStorage, FsyncRing, SyncTicket
 from ._options import FSYNC_MODES
@@ -57,7 +58,9 @@ class Fsyncer:
                 "not x86-64 Linux; use --fsync auto or thread"
             )
         #: token -> (the caller's future, its ticket, when it was submitted)
-        self._pending: dict[int, tuple[asyncio.Future[float], SyncTicket, float]] = {}
+        self._pending: dict[
+            int, tuple[asyncio.Future[float], SyncTicket, float, Callable[[], None] | None]
+        ] = {}
         self._tokens = itertools.count(1)
         self._drained: asyncio.Future[None] | None = None
         if self._ring is not None:
@@ -68,8 +71,10 @@ class Fsyncer:
         """How fsyncs run now: "io_uring" or "thread"."""
         return "io_uring" if self._ring is not None and not self._ring.broken else "thread"
 
-    def sync(self) -> asyncio.Future[float]:
-        """Make everything appended so far durable; see the module docstring."""
+    def sync(self, then: Callable[[], None] | None = None) -> asyncio.Future[float]:
+        """Make everything appended so far durable; see the module docstring.
+        `then`, if given, runs on the loop as soon as the write is durable, before
+        the future's waiters resume, and not at all if the fsync fails."""
         ring = self._ring
         if ring is not None and ring.has_room():
             ticket = self._storage.begin_sync()
@@ -83,9 +88,14 @@ class Fsyncer:
                     self._retire_ring_when_idle()
                 else:
                     future = self._loop.create_future()
-                    self._pending[token] = (future, ticket, time.perf_counter())
+                    self._pending[token] = (future, ticket, time.perf_counter(), then)
                     return future
-        return self._loop.run_in_executor(self._executor, self._sync_in_thread)
+        future = self._loop.run_in_executor(self._executor, self._sync_in_thread)
+        if then is not None:
+            future.add_done_callback(
+                lambda done: then() if not done.cancelled() and done.exception() is None else None
+            )
+        return future
 
     def _sync_in_thread(self) -> float:
         started = time.perf_counter()
@@ -97,7 +107,7 @@ class Fsyncer:
         assert ring is not None
         now = time.perf_counter()
         for token, result in ring.completions():
-            future, ticket, submitted = self._pending.pop(token)
+            future, ticket, submitted, then = self._pending.pop(token)
             error = OSError(-result, os.strerror(-result)) if result < 0 else None
             try:
                 self._storage.end_sync(ticket, error)
@@ -107,6 +117,8 @@ class Fsyncer:
                 else:
                     log.error("an fsync nobody waits for failed: %s", exc)
             else:
+                if then is not None:
+                    then()
                 if not future.done():
                     future.set_result(now - submitted)
         if not self._pending:

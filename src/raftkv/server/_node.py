@@ -38,6 +38,7 @@ import os
 import random
 import struct
 import time
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -636,7 +637,10 @@ class Node:
             # (and their clients answered) without waiting for this write. Only the
             # messages below depend on it.
             assert self._fsyncer is not None
-            synced = self._fsyncer.sync()
+            # Its messages (a follower's acknowledgement) go as soon as the write
+            # is durable, from the fsync's completion.
+            messages = rd.messages
+            synced = self._fsyncer.sync(partial(self._send_now, messages) if messages else None)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         for read_state in rd.read_states:
@@ -660,7 +664,8 @@ class Node:
             await asyncio.sleep(0)
         if rd.hard_state is not None and not rd.must_sync:
             storage.append([], rd.hard_state)  # Only a new commit index.
-        self._send_now(rd.messages)  # before the next Ready's apply holds the loop
+        if synced is None:
+            self._send_now(rd.messages)  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
 

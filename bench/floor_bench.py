@@ -131,7 +131,8 @@ class _Leader:
         synced, acknowledgements, client = self._pending[sequence]
         if synced and acknowledgements >= 1:
             del self._pending[sequence]
-            client.write(_NO_CONTENT)
+            if not client.is_closing():  # wrk closes its connections at the end of a row
+                client.write(_NO_CONTENT)
 
 
 class _Acknowledgements(asyncio.Protocol):

@@ -31,6 +31,24 @@ def test_leader_answers_after_a_heartbeat_quorum() -> None:
     assert leader.read_states == [ReadState(commit_of(net, 1), b"r1")]
 
 
+def test_a_confirmed_read_index_may_be_taken_before_the_next_ready() -> None:
+    net = Network(3)
+    net.campaign(1)
+    net.propose(1, b"x")
+    leader = net.nodes[1].raw
+    leader.read_index(b"r1")
+    heartbeats = leader.take_early_messages()
+    assert leader.take_read_states() == []  # Not before a quorum answers.
+    for heartbeat in heartbeats:
+        net.nodes[heartbeat.to].raw.step(heartbeat)
+        for answer in net.nodes[heartbeat.to].raw.take_early_messages():
+            leader.step(answer)
+    assert leader.take_read_states() == [ReadState(commit_of(net, 1), b"r1")]
+    assert leader.take_read_states() == []
+    net.stabilize()
+    assert net.nodes[1].read_states == []  # Handed out once only.
+
+
 def test_one_acknowledgement_besides_the_leader_is_a_quorum_of_three() -> None:
     net = Network(3)
     net.campaign(1)

@@ -23,6 +23,7 @@ from ._types import (
     Message,
     MessageType,
     ProgressStatus,
+    ReadState,
     Ready,
     Role,
     SoftState,
@@ -180,6 +181,14 @@ class RawNode:
             self._handed_out = entries[-1].index
             self._taken.extend(entries)
         return entries
+
+    def take_read_states(self) -> list[ReadState]:
+        """Take the read states that would be the next Ready's `read_states`, for a
+        host that serves them at once: nothing in them is persisted, so they need
+        not wait for `ready()`. Any time."""
+        raft = self._raft
+        states, raft.read_states = raft.read_states, []
+        return states
 
     def has_ready(self) -> bool:
         raft = self._raft

@@ -58,6 +58,7 @@ from ..raft import (
     Message,
     ProposalDropped,
     RawNode,
+    ReadState,
     Ready,
     Role,
     Snapshot,
@@ -488,24 +489,26 @@ class Node:
         raw = self._raw
         for message in messages:
             raw.step(message)
-        self._wake.set()
+        # Confirmed read indexes need no Ready: the reads they serve are answered
+        # now if this node has applied that far.
+        self._note_read_states(raw.take_read_states())
         if self.role is not Role.LEADER:
             # A follower's answers to heartbeats (which confirm a leader's
             # ReadIndex) need no fsync: they go now.
             self._send_early()
-            return
-        # What acknowledgements make sendable is mostly appends carrying a new
-        # commit index: they go after the replies to the clients of the entries
-        # just committed. Not persisting, the Ready this wakes applies those
-        # entries and sends the appends.
-        if self._persisting:
-            # Persisting, the entries are applied (and their clients answered) now,
-            # not after the fsync being waited for: they are durable on a quorum.
+        elif self._persisting:
+            # Acknowledgements may commit entries: apply them (and answer their
+            # clients) now, not after the fsync being waited for. They are durable
+            # on a quorum.
             committed = raw.take_committed_entries()
             if committed:
                 self._apply(committed)
-                self._release_reads()
-            self._transport.send(raw.take_early_messages())  # out after the replies
+            # What acknowledgements make sendable is mostly appends carrying a new
+            # commit index: queued, to go out after the replies. (Not persisting,
+            # the Ready woken below applies the entries and sends the appends.)
+            self._transport.send(raw.take_early_messages())
+        self._release_reads()
+        self._wake.set()
 
     def _wake_for_request(self) -> None:
         if self.role is not Role.LEADER:
@@ -643,10 +646,7 @@ class Node:
             synced = self._fsyncer.sync(partial(self._send_now, messages) if messages else None)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
-        for read_state in rd.read_states:
-            issued = self._read_rounds.pop(read_state.request_ctx, None)
-            if issued is not None:
-                self._read_ready.append((read_state.index, issued[1]))
+        self._note_read_states(rd.read_states)
         self._release_reads()
         if early:
             # The commit index for the followers: queued, to go out at the end of
@@ -754,6 +754,12 @@ class Node:
         ]
         log.info("node %d: re-proposing %d unapplied writes", self.id, len(retries))
         self._proposals[:0] = retries
+
+    def _note_read_states(self, read_states: list[ReadState]) -> None:
+        for read_state in read_states:
+            issued = self._read_rounds.pop(read_state.request_ctx, None)
+            if issued is not None:
+                self._read_ready.append((read_state.index, issued[1]))
 
     def _release_reads(self) -> None:
         if not self._read_ready:

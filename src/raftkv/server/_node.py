@@ -489,6 +489,7 @@ class Node:
         raw = self._raw
         for message in messages:
             raw.step(message)
+        self._wake.set()
         # Confirmed read indexes need no Ready: the reads they serve are answered
         # now if this node has applied that far.
         self._note_read_states(raw.take_read_states())
@@ -508,7 +509,6 @@ class Node:
             # the Ready woken below applies the entries and sends the appends.)
             self._transport.send(raw.take_early_messages())
         self._release_reads()
-        self._wake.set()
 
     def _wake_for_request(self) -> None:
         if self.role is not Role.LEADER:

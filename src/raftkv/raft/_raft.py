@@ -326,7 +326,7 @@ class Raft:
             return
         committed = self.log.committed
         for peer, progress in self.progress.items():
-            if 0 < progress.awaited_commit <= committed and peer != self.id:
+            if 0 < progress.awaited_commit <= committed:  # never set for this node
                 self._send_append(peer)
 
     def _await_commit(self, peer: int, index: int) -> None:

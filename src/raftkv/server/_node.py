@@ -1,20 +1,22 @@
 """The node runtime: drives the consensus core with real time, disk and network.
 
-Theory of operation. One asyncio task (`_run`) owns the `RawNode`'s output. Every
-loop turn it:
+Theory of operation. Requests reach the core in one batch per loop turn: a leader
+proposes every write that arrived in the turn (`propose_many`) and starts one
+ReadIndex round for every read, from one callback right after it (`_submit_now`),
+and sends their appends or heartbeats at once; a follower's go through `_run`,
+which forwards them. One asyncio task (`_run`) owns the `RawNode`'s `Ready`s. For
+each it carries out the host contract of `raftkv.raft`:
 
-1. proposes every write that arrived since the last turn as one batch
-   (`propose_many`), and starts one ReadIndex round for every read that arrived;
-2. takes one `Ready` and carries out the host contract of `raftkv.raft`: sends the
-   leader's appends at once, writes entries and hard state to the WAL and fsyncs
-   off the loop, through io_uring or in a worker thread (`_fsync`; group commit:
-   whatever arrives meanwhile goes in the next fsync), then sends the messages that
-   depend on the write;
-3. applies committed entries to the state machine and resolves the requests they
+1. sends the leader's appends at once, writes entries and hard state to the WAL and
+   fsyncs off the loop, through io_uring or in a worker thread (`_fsync`; group
+   commit: whatever arrives meanwhile goes in the next fsync); the messages that
+   depend on the write go from the fsync's completion;
+2. applies committed entries to the state machine and resolves the requests they
    answer, and the reads whose read index is now applied; entries committed while
    it waits for the fsync are applied as the acknowledgements arrive
-   (`RawNode.take_committed_entries`);
-4. advances, and takes a snapshot when enough entries were applied since the last.
+   (`RawNode.take_committed_entries`), and read indexes as their confirmations
+   arrive (`RawNode.take_read_states`);
+3. advances, and takes a snapshot when enough entries were applied since the last.
 
 Messages from peers are stepped into the core as they arrive (on the event loop);
 the core allows that between `ready()` and `advance()`.

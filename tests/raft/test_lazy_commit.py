@@ -4,7 +4,7 @@ learning it with their next append or heartbeat."""
 
 from __future__ import annotations
 
-from raftkv.raft import Config, MessageType
+from raftkv.raft import ConfChange, ConfChangeType, Config, EntryType, MessageType
 
 from .network import Network
 
@@ -73,3 +73,21 @@ def test_a_follower_asking_for_a_read_index_is_sent_the_commit_index() -> None:
     assert any(m.type is MessageType.APP and m.commit >= index for m in net.sent if m.to == 3)
     assert commit_of(net, 3) >= index
     assert net.applied_data(3) == [b"x"]
+
+
+def conf_changes_applied(net: Network, node_id: int) -> list[int]:
+    return [e.index for e in net.nodes[node_id].applied if e.type == EntryType.CONF_CHANGE]
+
+
+def test_every_member_hears_at_once_that_a_membership_change_committed() -> None:
+    net = started()
+    net.propose_conf_change(1, ConfChange(ConfChangeType.REMOVE_NODE, 3))
+    net.stabilize()
+    # Node 3 applies its own removal, though no append or heartbeat will follow
+    # once the leader has applied it; node 2 applies the new configuration too.
+    assert conf_changes_applied(net, 3) == conf_changes_applied(net, 1) != []
+    assert conf_changes_applied(net, 2) == conf_changes_applied(net, 1)
+    net.sent.clear()
+    net.tick(1, 5)  # Heartbeats now go to node 2 only.
+    net.stabilize()
+    assert net.count_sent(MessageType.HEARTBEAT, frm=1, to=3) == 0

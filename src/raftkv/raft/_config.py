@@ -51,7 +51,8 @@ class Config:
     #: Whether a leader sends every follower an append as soon as its commit index
     #: advances (etcd's behaviour). Off, a follower learns the new commit index
     #: with its next append or heartbeat, or at once when something waits on it
-    #: there: a proposal it forwarded, or a read index it asked for. That saves a
+    #: there: a proposal it forwarded, a read index it asked for, or a membership
+    #: change (which a node being removed must apply to leave). That saves a
     #: message and its answer per follower per commit; followers that wait on
     #: nothing apply up to a heartbeat later while the leader is idle.
     eager_commit: bool = True

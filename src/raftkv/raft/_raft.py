@@ -729,6 +729,10 @@ class Raft:
             # Only once the change is in the log: a proposal refused above (say, by
             # the uncommitted-bytes cap) must not block the next change.
             self.pending_conf_index = first_index + conf_position - 1
+            # Every member hears at once that a membership change committed: a
+            # node being removed gets no append or heartbeat after it applies.
+            for peer in self._peers():
+                self._await_commit(peer, self.pending_conf_index)
         self._await_commit(m.frm, self.log.last_index())  # if forwarded by a follower
         self._broadcast_append()
 

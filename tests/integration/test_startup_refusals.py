@@ -129,6 +129,8 @@ def test_removed_node_restarted_on_its_old_data_dir_refuses(
     reply = request(cluster.members[1].port, "DELETE", "/3")
     assert reply.status == 204, reply
     assert cluster.wait_exit(3) == 0, cluster.log(3)
+    # It left the ordinary way: the leader made sure it heard its removal commit.
+    assert "(it applied its removal)" in cluster.log(3)
     assert_refused(cluster.run_to_exit(3), "removed", str(cluster.members[3].data_dir))
     assert cluster.put(2, "after", "removal").status == 204
 

@@ -852,7 +852,7 @@ class Node:
             if future is not None and not future.done():
                 future.set_result(conf_state)
         if change.type is ConfChangeType.REMOVE_NODE and node_id == self.id:
-            self._on_removed()
+            self._on_removed("it applied its removal")
 
     def _forget_peer(self, node_id: int) -> None:
         if node_id not in self.members and not self._stopping:
@@ -861,29 +861,29 @@ class Node:
     def _on_removed_by_peer(self, peer_id: int) -> None:
         """A peer refused us as removed: the cluster has committed our removal.
 
-        A node that has heard from a leader since it started was removed while
-        running, and the entry saying so may still be on its way: it gets a grace
-        period to apply it and leave the ordinary way. A node that never heard from
-        a leader was removed while it was down; no peer will send it that entry."""
+        The entry saying so may still be on its way (the leader sends it to the node
+        it removes, while the other members may already refuse it), so the node gets
+        a grace period to apply it and leave the ordinary way. If it does not come,
+        a node that never heard from a leader since it started was removed while it
+        was down: no peer will send it that entry, and its data cannot be reused."""
         if self.removed.is_set() or self._removal_grace is not None:
             return
-        if self._ever_had_leader:
-            grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
-            self._removal_grace = self._loop.call_later(grace_s, self._removed_by_peer_late)
+        grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
+        self._removal_grace = self._loop.call_later(grace_s, self._removed_by_peer_late, peer_id)
+
+    def _removed_by_peer_late(self, peer_id: int) -> None:
+        if self.removed.is_set() or self._stopping:
             return
-        self.refusal = (
-            f"node {self.id} was removed from the cluster while it was down (peer "
-            f"{peer_id} refused it); its data directory cannot be reused: delete it and "
-            "join again as a new member"
-        )
-        self._on_removed()
+        if not self._ever_had_leader:
+            self.refusal = (
+                f"node {self.id} was removed from the cluster while it was down (peer "
+                f"{peer_id} refused it); its data directory cannot be reused: delete it "
+                "and join again as a new member"
+            )
+        self._on_removed(f"peer {peer_id} refused it and its removal did not arrive")
 
-    def _removed_by_peer_late(self) -> None:
-        if not self.removed.is_set() and not self._stopping:
-            self._on_removed()
-
-    def _on_removed(self) -> None:
-        log.warning("node %d: removed from the cluster; shutting down", self.id)
+    def _on_removed(self, how: str) -> None:
+        log.warning("node %d: removed from the cluster (%s); shutting down", self.id, how)
         with contextlib.suppress(OSError):
             (self.options.resolved_data_dir / REMOVED_MARKER).write_text(
                 f"node {self.id} was removed from the cluster\n"

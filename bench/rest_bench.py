@@ -14,6 +14,10 @@ order of the two systems alternating) and the table shows each system's median.
 
     python bench/rest_bench.py [--quick] [--duration S] [--rounds N] [--connections 1,16,64]
 
+Each row also shows the CPU time (user and system, every thread of the three
+server processes) the cluster spent per request: at one connection both systems
+keep this machine's two cores mostly busy, so that figure bounds the throughput.
+
 Prints a table, then one JSON object as the last line.
 """
 
@@ -213,6 +217,22 @@ def prefill(port: int, system: str) -> None:
         connection.close()
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time so far of every thread of these processes."""
+    ticks = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/stat") as stat:
+                # Fields after the command name, which may hold spaces: utime and
+                # stime are the 14th and 15th fields of the line.
+                fields = stat.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / _CLOCK_TICKS
+
+
 def _row_key(row: dict) -> tuple[str, str, int]:
     return (row["system"], row["op"], row["connections"])
 
@@ -251,8 +271,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="raftkv-bench-") as tmp, processes() as started:
         workdir = Path(tmp)
         ports = {}
+        pids = {}
         for system in scripts:
+            first = len(started)
             ports[system] = (start_raftkv if system == "raftkv" else start_etcd)(workdir, started)
+            pids[system] = [process.pid for process in started[first:]]
             prefill(ports[system], system)
         systems = list(scripts)
         for round_number in range(max(1, args.rounds)):
@@ -260,6 +283,7 @@ def main() -> None:
                 for connections in connection_counts:
                     order = systems if round_number % 2 == 0 else systems[::-1]
                     for system in order:
+                        cpu_before = cpu_seconds(pids[system])
                         figures = run_wrk(
                             ports[system],
                             scripts[system][operation],
@@ -267,6 +291,8 @@ def main() -> None:
                             duration,
                             workdir,
                         )
+                        cpu = cpu_seconds(pids[system]) - cpu_before
+                        figures["cpu_us_per_req"] = cpu / max(1, figures["requests"]) * 1e6
                         samples.append(
                             {"system": system, "op": operation, "connections": connections}
                             | figures
@@ -275,9 +301,10 @@ def main() -> None:
     rows = [median_row(samples, key) for key in dict.fromkeys(_row_key(s) for s in samples)]
     by_key = {_row_key(r): r for r in rows}
     print(
-        f"{'op':<4} {'conns':>5} | {'raftkv req/s':>12} {'mean ms':>8} {'p99 ms':>8} {'errors':>6}"
+        f"{'op':<4} {'conns':>5} | {'raftkv req/s':>12} {'mean ms':>8} {'p99 ms':>8} "
+        f"{'cpu us':>7} {'errors':>6}"
         + (
-            f" | {'etcd req/s':>10} {'mean ms':>8} {'p99 ms':>8} | {'ratio':>6}"
+            f" | {'etcd req/s':>10} {'mean ms':>8} {'p99 ms':>8} {'cpu us':>7} | {'ratio':>6}"
             if with_etcd
             else ""
         )
@@ -288,7 +315,7 @@ def main() -> None:
             ours = by_key[("raftkv", operation, connections)]
             line = (
                 f"{operation:<4} {connections:>5} | {ours['rps']:>12,.0f} {ours['mean_ms']:>8.2f} "
-                f"{ours['p99_ms']:>8.2f} {ours['errors']:>6}"
+                f"{ours['p99_ms']:>8.2f} {ours['cpu_us_per_req']:>7,.0f} {ours['errors']:>6}"
             )
             if with_etcd:
                 theirs = by_key[("etcd", operation, connections)]
@@ -296,7 +323,7 @@ def main() -> None:
                 ratios[f"{operation.lower()}_c{connections}"] = ratio
                 line += (
                     f" | {theirs['rps']:>10,.0f} {theirs['mean_ms']:>8.2f} "
-                    f"{theirs['p99_ms']:>8.2f} | {ratio:>5.2f}x"
+                    f"{theirs['p99_ms']:>8.2f} {theirs['cpu_us_per_req']:>7,.0f} | {ratio:>5.2f}x"
                 )
             print(line)
     print(

@@ -20,14 +20,9 @@ import raftkv._embed
 from raftkv import errors
 from raftkv.server import StartupError
 
+from ..ports import free_port
+
 FAST: dict[str, Any] = {"tick_ms": 20}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

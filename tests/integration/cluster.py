@@ -20,21 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-HOST = "127.0.0.1"
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports that were free a moment ago (bound to port 0, then released)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+from ..ports import HOST, free_ports
 
 
 @dataclass

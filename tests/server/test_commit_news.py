@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator
@@ -30,18 +29,9 @@ from raftkv.server._node import Node
 from raftkv.server._options import NodeOptions
 from raftkv.transport import _transport
 
+from ..ports import free_ports
+
 SLOW_FSYNC_S = 0.03
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def slow_fsyncs(node: Node) -> None:

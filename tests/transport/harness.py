@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import inspect
 import os
-import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -169,13 +168,6 @@ async def connected(sender: Node, receiver: Node) -> None:
         return False
 
     await wait_for(arrived, f"a connection from node {sender.id} to node {receiver.id}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def heartbeat(frm: int, to: int, commit: int = 0) -> Message:

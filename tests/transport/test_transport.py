@@ -26,6 +26,7 @@ from raftkv.transport._wire import (
     frame,
 )
 
+from ..ports import free_port
 from .harness import (
     CLUSTER_ID,
     FAST,
@@ -35,7 +36,6 @@ from .harness import (
     closed_by_peer,
     cluster,
     connected,
-    free_port,
     heartbeat,
     raw_connection,
     running,

@@ -75,8 +75,13 @@ def test_a_follower_asking_for_a_read_index_is_sent_the_commit_index() -> None:
     assert net.applied_data(3) == [b"x"]
 
 
-def conf_changes_applied(net: Network, node_id: int) -> list[int]:
-    return [e.index for e in net.nodes[node_id].applied if e.type == EntryType.CONF_CHANGE]
+def applied_removal_of(net: Network, node_id: int, removed: int) -> bool:
+    """Whether node `node_id` applied the removal of node `removed`."""
+    return any(
+        entry.type == EntryType.CONF_CHANGE
+        and ConfChange.decode(entry.data) == ConfChange(ConfChangeType.REMOVE_NODE, removed)
+        for entry in net.nodes[node_id].applied
+    )
 
 
 def test_every_member_hears_at_once_that_a_membership_change_committed() -> None:
@@ -85,9 +90,26 @@ def test_every_member_hears_at_once_that_a_membership_change_committed() -> None
     net.stabilize()
     # Node 3 applies its own removal, though no append or heartbeat will follow
     # once the leader has applied it; node 2 applies the new configuration too.
-    assert conf_changes_applied(net, 3) == conf_changes_applied(net, 1) != []
-    assert conf_changes_applied(net, 2) == conf_changes_applied(net, 1)
+    assert applied_removal_of(net, 1, 3)
+    assert applied_removal_of(net, 3, 3) and applied_removal_of(net, 2, 3)
     net.sent.clear()
     net.tick(1, 5)  # Heartbeats now go to node 2 only.
     net.stabilize()
     assert net.count_sent(MessageType.HEARTBEAT, frm=1, to=3) == 0
+
+
+def test_every_member_hears_at_once_that_a_new_leaders_first_entry_committed() -> None:
+    """A new leader's first entry commits the tail it inherited, which may hold a
+    membership change: here node 3's removal, which node 3 must apply to leave."""
+    net = started(
+        configure=lambda node_id: Config(id=node_id, eager_commit=False, check_quorum=False)
+    )
+    net.drop_types.add(MessageType.APP_RESP)  # The change reaches 2 and 3, uncommitted.
+    net.propose_conf_change(1, ConfChange(ConfChangeType.REMOVE_NODE, 3))
+    assert not applied_removal_of(net, 2, 3) and not applied_removal_of(net, 3, 3)
+    net.recover()
+    net.isolate(1)
+    net.campaign(2)  # No ticks from here: no heartbeat carries the commit index.
+    assert net.leader() == 2
+    assert applied_removal_of(net, 2, 3)
+    assert applied_removal_of(net, 3, 3)

@@ -52,7 +52,8 @@ class Config:
     #: advances (etcd's behaviour). Off, a follower learns the new commit index
     #: with its next append or heartbeat, or at once when something waits on it
     #: there: a proposal it forwarded, a read index it asked for, or a membership
-    #: change (which a node being removed must apply to leave). That saves a
+    #: change (which a node being removed must apply to leave; a new leader's first
+    #: entry counts, as the tail it commits may hold one). That saves a
     #: message and its answer per follower per commit; followers that wait on
     #: nothing apply up to a heartbeat later while the leader is idle.
     eager_commit: bool = True

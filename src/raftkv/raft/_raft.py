@@ -415,6 +415,10 @@ class Raft:
         # The first entry of the new term: only entries of the current term are
         # committed by counting replicas, so this commits everything before it.
         self._append_entries([Entry(0, 0)])
+        # That tail may hold a membership change (see pending_conf_index above):
+        # every member hears at once when it commits, as for a new change.
+        for peer in self._peers():
+            self._await_commit(peer, self.log.last_index())
 
     # --- elections -------------------------------------------------------------------
 

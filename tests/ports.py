@@ -4,8 +4,9 @@ A port found by binding port 0 comes from the kernel's ephemeral range: the rang
 it also draws the local port of every outgoing connection from. Between a test
 choosing such a port and its server binding it, any process's outgoing connection
 (a node dialing its peers, say) may take it, and the server then fails to start
-with "address already in use". So ports here come from below that range, each is
-checked free by binding it, and none is handed out twice in one test run.
+with "address already in use". So ports here come from outside that range (below
+it, or above it where there is no room below), each is checked free by binding
+it, and none is handed out twice in one test run.
 """
 
 from __future__ import annotations
@@ -35,37 +36,42 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def _candidate_range() -> tuple[int, int]:
-    """Ports outside the ephemeral range: below it when it leaves room, else above."""
+def _candidate_range() -> tuple[int, int] | None:
+    """Ports outside the ephemeral range: below it when it leaves room, else above
+    it; None when it covers nearly everything."""
     low, high = _ephemeral_range()
     if low - _LOWEST >= 2_000:
         return _LOWEST, low - 1
-    return high + 1, 65_535
+    if 65_535 - high >= 2_000:
+        return high + 1, 65_535
+    return None
 
 
-def _bindable(port: int) -> bool:
+def _bindable(port: int) -> int:
+    """`port` if it is free now (0: a port the kernel chooses), else 0."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((HOST, port))
         except OSError:
-            return False
-    return True
+            return 0
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` distinct ports, free right now, outside the ephemeral range, and never
-    handed out before in this process."""
-    first, last = _candidate_range()
+    """`count` distinct ports, free right now, outside the ephemeral range (unless it
+    leaves no room), and never handed out before in this process."""
+    candidates = _candidate_range()
     ports: list[int] = []
     with _lock:
         for _ in range(100 * count + 1_000):
             if len(ports) == count:
                 return ports
-            port = _random.randint(first, last)
-            if port not in _handed_out and _bindable(port):
+            port = _bindable(_random.randint(*candidates) if candidates else 0)
+            if port and port not in _handed_out:
                 _handed_out.add(port)
                 ports.append(port)
-    raise RuntimeError(f"found only {len(ports)} free ports of {count} in {first}..{last}")
+    raise RuntimeError(f"found only {len(ports)} free ports of {count} (tried {candidates})")
 
 
 def free_port() -> int:

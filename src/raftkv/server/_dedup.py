@@ -44,7 +44,9 @@ class AppliedRequests:
     def __init__(self, window_entries: int = DEFAULT_WINDOW_ENTRIES) -> None:
         assert window_entries > 0
         self.window_entries = window_entries
-        self._index_of: dict[tuple[int, int], int] = {}
+        #: (origin << 64 | request id) -> index: an int key, not a tuple, so that the
+        #: window's 100,000 keys are not objects the garbage collector tracks.
+        self._index_of: dict[int, int] = {}
         #: The closed runs, oldest first, then the newest one, still growing.
         # invariant: runs are in index order and do not overlap.
         self._runs: collections.deque[tuple[int, int, int, int]] = collections.deque()
@@ -56,13 +58,13 @@ class AppliedRequests:
     def should_apply(self, index: int, origin: int, request_id: int, base: int) -> bool:
         """Whether the entry at `index` carrying this request should be applied (and
         then recorded); False for a duplicate or a too-late retry."""
-        if (origin, request_id) in self._index_of:
+        if (origin << 64 | request_id) in self._index_of:
             return False
         return not (base and index - base > self.window_entries)
 
     def record(self, index: int, origin: int, request_id: int) -> None:
         """The request was applied at `index` (above every index recorded before)."""
-        self._index_of[(origin, request_id)] = index
+        self._index_of[origin << 64 | request_id] = index
         run = self._open
         if run is not None and (
             run[0] + run[3] == index and run[2] + run[3] == request_id and run[1] == origin
@@ -86,10 +88,10 @@ class AppliedRequests:
             if first > horizon:
                 return
             gone = min(count, horizon - first + 1)
+            key = origin << 64 | request_id
             for k in range(gone):
-                key = (origin, request_id + k)
-                if index_of.get(key) == first + k:
-                    del index_of[key]
+                if index_of.get(key + k) == first + k:
+                    del index_of[key + k]
             if gone < count:
                 rest = (first + gone, origin, request_id + gone, count - gone)
                 if runs:

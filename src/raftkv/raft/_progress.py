@@ -101,8 +101,8 @@ class Progress:
         self.inflights = inflights
         self.is_learner = is_learner
         # With `Config.eager_commit` off: the commit index this follower waits on
-        # (for a proposal it forwarded, or a read index it asked for) and has not
-        # been sent yet; 0 if none.
+        # (for a proposal it forwarded, a read index it asked for, or a membership
+        # change) and has not been sent yet; 0 if none.
         self.awaited_commit = 0
 
     def __repr__(self) -> str:

@@ -339,6 +339,13 @@ class Raft:
         if index <= self.log.committed:
             self._send_append(peer)
 
+    def _await_commit_everywhere(self, index: int) -> None:
+        """Every member hears at once when `index` commits: an entry that changes
+        (or may change) the membership, which a node being removed must apply to
+        leave, as no append or heartbeat reaches it once the leader applied it."""
+        for peer in self._peers():
+            self._await_commit(peer, index)
+
     def _broadcast_heartbeat(self, context: bytes = b"") -> None:
         for peer in self._peers():
             self._send_heartbeat(peer, context)
@@ -415,10 +422,8 @@ class Raft:
         # The first entry of the new term: only entries of the current term are
         # committed by counting replicas, so this commits everything before it.
         self._append_entries([Entry(0, 0)])
-        # That tail may hold a membership change (see pending_conf_index above):
-        # every member hears at once when it commits, as for a new change.
-        for peer in self._peers():
-            self._await_commit(peer, self.log.last_index())
+        # That tail may hold a membership change (see pending_conf_index above).
+        self._await_commit_everywhere(self.log.last_index())
 
     # --- elections -------------------------------------------------------------------
 
@@ -733,10 +738,7 @@ class Raft:
             # Only once the change is in the log: a proposal refused above (say, by
             # the uncommitted-bytes cap) must not block the next change.
             self.pending_conf_index = first_index + conf_position - 1
-            # Every member hears at once that a membership change committed: a
-            # node being removed gets no append or heartbeat after it applies.
-            for peer in self._peers():
-                self._await_commit(peer, self.pending_conf_index)
+            self._await_commit_everywhere(self.pending_conf_index)
         self._await_commit(m.frm, self.log.last_index())  # if forwarded by a follower
         self._broadcast_append()
 

@@ -848,8 +848,7 @@ class Node:
             if node_id != self.id:
                 # Messages already queued for the removed node include the append
                 # that tells it its removal committed; let them go out, then hang up.
-                grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
-                self._loop.call_later(grace_s, self._forget_peer, node_id)
+                self._loop.call_later(self._removal_grace_s, self._forget_peer, node_id)
         elif url:
             self.members[node_id] = url
             if node_id != self.id:
@@ -862,6 +861,12 @@ class Node:
                 future.set_result(conf_state)
         if change.type is ConfChangeType.REMOVE_NODE and node_id == self.id:
             self._on_removed("it applied its removal")
+
+    @property
+    def _removal_grace_s(self) -> float:
+        """How long the entry of a removal may take to reach the removed node: two
+        election timeouts."""
+        return 2 * self.options.election_ticks * self.options.tick_ms / 1000
 
     def _forget_peer(self, node_id: int) -> None:
         if node_id not in self.members and not self._stopping:
@@ -877,8 +882,9 @@ class Node:
         was down: no peer will send it that entry, and its data cannot be reused."""
         if self.removed.is_set() or self._removal_grace is not None:
             return
-        grace_s = 2 * self.options.election_ticks * self.options.tick_ms / 1000
-        self._removal_grace = self._loop.call_later(grace_s, self._removed_by_peer_late, peer_id)
+        self._removal_grace = self._loop.call_later(
+            self._removal_grace_s, self._removed_by_peer_late, peer_id
+        )
 
     def _removed_by_peer_late(self, peer_id: int) -> None:
         if self.removed.is_set() or self._stopping:

@@ -1,6 +1,7 @@
-"""`RawNode.take_committed_entries`: entries committed while a Ready is being
-persisted may be applied at once, in order after the Ready's own, and the next
-Ready does not hand them out again."""
+"""`RawNode.take_committed_entries`: committed entries may be applied as soon as
+they commit (while a Ready is being persisted, in order after the Ready's own, or
+with no Ready pending), and the next Ready does not hand them out again.
+`RawNode.persisted`: a leader counts its own write as soon as it is durable."""
 
 from __future__ import annotations
 
@@ -82,8 +83,63 @@ def test_nothing_is_taken_while_a_snapshot_installs() -> None:
     assert follower.take_committed_entries() == []
 
 
-def test_taking_outside_a_ready_is_refused() -> None:
+def test_outside_a_ready_committed_entries_are_taken_and_count_as_applied() -> None:
     net = Network(3)
     net.campaign(1)
+    leader = net.nodes[1].raw
+    leader.propose(b"x")
+    rd = leader.ready()
+    net.nodes[1].storage.append(rd.entries)
+    leader.advance(rd)  # Durable here; the followers have not answered yet.
+    assert leader.take_committed_entries() == []
+    net.acknowledge(1, rd.early_messages)
+    taken = leader.take_committed_entries()
+    assert [e.data for e in taken] == [b"x"]
+    assert leader.status().applied == taken[-1].index
+    assert leader.take_committed_entries() == []
+    rd = leader.ready()  # The new commit index, to persist; "x" is not handed out again.
+    assert rd.committed_entries == []
+    assert rd.hard_state is not None and rd.hard_state.commit == taken[-1].index
+
+
+def test_outside_a_ready_entries_not_yet_durable_here_are_left_for_the_ready() -> None:
+    net = Network(3)
+    net.campaign(1)
+    leader = net.nodes[1].raw
+    leader.propose(b"y")  # Committed by the followers before this node persists it.
+    net.acknowledge(1, leader.take_early_messages())
+    assert leader.status().hard_state.commit == leader.status().last_index
+    assert leader.take_committed_entries() == []
+    rd = leader.ready()
+    assert [e.data for e in rd.entries] == [b"y"]
+    assert [e.data for e in rd.committed_entries] == [b"y"]
+
+
+def test_a_leaders_own_durable_write_commits_at_once_with_persisted() -> None:
+    net = Network(3)
+    net.campaign(1)
+    leader = net.nodes[1].raw
+    leader.propose(b"x")
+    rd = leader.ready()
+    net.isolate(3)  # Only node 2 answers: "x" needs the leader's own write too.
+    net.acknowledge(1, [m for m in rd.early_messages if m.to == 2])
+    assert leader.take_committed_entries() == []
+    net.nodes[1].storage.append(rd.entries)
+    leader.persisted(rd)
+    taken = leader.take_committed_entries()
+    assert [e.data for e in taken] == [b"x"]
+    leader.advance(rd)
+    assert leader.status().applied == taken[-1].index
+    assert not leader.has_ready() or leader.ready().committed_entries == []
+
+
+def test_persisted_outside_a_ready_is_refused() -> None:
+    net = Network(3)
+    net.campaign(1)
+    leader = net.nodes[1].raw
+    leader.propose(b"x")
+    rd = leader.ready()
+    net.nodes[1].storage.append(rd.entries)
+    leader.advance(rd)
     with pytest.raises(AssertionError):
-        net.nodes[1].raw.take_committed_entries()
+        leader.persisted(rd)

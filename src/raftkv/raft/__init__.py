@@ -23,10 +23,12 @@ and does, in this order:
 4. Call `advance(rd)`.
 
 Between `ready()` and `advance()` the host may keep stepping input in (messages,
-ticks, proposals). Two calls let it act on that input before `advance()`, while it
-waits for step 1: `take_early_messages()` (a leader's appends for proposals made
-meanwhile, to send at once) and `take_committed_entries()` (entries committed
-meanwhile, to apply at once, after `rd.committed_entries`).
+ticks, proposals). Three calls let it act on that input before `advance()`, while
+it waits for step 1: `take_early_messages()` (a leader's appends for proposals
+made meanwhile, to send at once), `take_committed_entries()` (entries committed
+meanwhile, to apply at once, after `rd.committed_entries`; it works with no Ready
+pending too) and `persisted(rd)` (step 1 is durable: a leader counts its own write
+towards commit before `advance()`).
 
 On restart, build a new `RawNode` over the durable storage with
 `Config(applied=<index of the restored state machine snapshot>)`: committed entries

@@ -154,22 +154,28 @@ class RawNode:
         return messages
 
     def take_committed_entries(self) -> list[Entry]:
-        """Take the entries committed since `ready()`, beyond those its Ready holds
-        and earlier takes, for a host to apply while it persists that Ready rather
-        than after the next `ready()`. Only between `ready()` and `advance()`.
+        """Take the committed entries the next Ready would hand out, for a host that
+        applies them at once: a leader answering its clients as the
+        acknowledgements arrive, rather than after the next `ready()`. Any time.
 
-        The host applies them in order, after the Ready's own committed entries;
-        `advance()` counts them applied. They are durable on a quorum, so applying
-        them before this node's own write is durable is safe (Raft thesis
-        10.2.1). Taken are only entries this node will hold durably once the Ready
+        The host applies them in order, before anything else it does with this
+        node (a Ready pending: after that Ready's own committed entries). Taken
+        are only entries this node holds durably, or will once the pending Ready
         is (not those proposed since `ready()`, so the host may snapshot at its
         applied index after `advance()`), never past a membership change (which
-        comes in a Ready, as usual), and nothing while the Ready installs a
-        snapshot."""
-        assert self._ready_pending, "take_committed_entries() outside ready()..advance()"
+        comes in a Ready, as usual), and nothing while a snapshot installs. They
+        are durable on a quorum, so applying them before this node's own write
+        is durable is safe (Raft thesis 10.2.1). Outside a Ready they count as
+        applied at once; inside one, `advance()` counts them."""
         log = self._raft.log
-        hi = min(log.committed, self._take_limit)
-        lo = max(self._handed_out + 1, log.first_index())
+        if self._ready_pending:
+            hi = min(log.committed, self._take_limit)
+            lo = max(self._handed_out + 1, log.first_index())
+        elif log.unstable.snapshot is None:
+            hi = min(log.committed, log.unstable.offset - 1)  # Entries are durable up to there.
+            lo = max(log.applied + 1, log.first_index())
+        else:
+            return []
         if hi < lo:
             return []
         entries = log.slice(lo, hi + 1, log.max_applying_bytes)
@@ -178,8 +184,11 @@ class RawNode:
                 entries = entries[:position]
                 break
         if entries:
-            self._handed_out = entries[-1].index
-            self._taken.extend(entries)
+            if self._ready_pending:
+                self._handed_out = entries[-1].index
+                self._taken.extend(entries)
+            else:
+                self._raft.on_applied(entries)
         return entries
 
     def take_read_states(self) -> list[ReadState]:
@@ -239,6 +248,19 @@ class RawNode:
         self._handed_out = rd.committed_entries[-1].index if rd.committed_entries else log.applied
         self._take_limit = log.last_index() if rd.snapshot is None else 0
         return rd
+
+    def persisted(self, rd: Ready) -> None:
+        """The host made `rd`'s entries and hard state durable; its messages are not
+        necessarily sent, nor its committed entries applied. Optional, between
+        `ready()` and `advance()`: a leader counts its own entries towards commit
+        at once, so what they commit can be taken with `take_committed_entries()`
+        before `advance()`, which does the rest."""
+        assert self._ready_pending, "persisted() outside ready()..advance()"
+        if rd.hard_state is not None:
+            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
+        if rd.entries:
+            last = rd.entries[-1]
+            self._raft.on_persisted(last.index, last.term)
 
     def advance(self, rd: Ready) -> None:
         """The host has carried out `rd`: its entries and snapshot are durable, its

@@ -129,6 +129,10 @@ class ClusterConfig:
     #: persisting, as the server does. Only with `apply_before_persist`: the
     #: Ready's own committed entries must be applied first.
     apply_while_persisting: bool = False
+    #: Also take committed entries outside a Ready (on input), and when a Ready's
+    #: write is durable, after `persisted()` (before `advance()`), as the server
+    #: does. Only with `apply_while_persisting`.
+    apply_outside_ready: bool = False
     #: `Config.eager_commit`: off, followers learn most commits from the next
     #: append or heartbeat, as on the server.
     eager_commit: bool = True
@@ -298,11 +302,14 @@ class Cluster:
         snapshot = storage.snapshot()
         hard_state = storage.hard_state
         if hard_state.commit < snapshot.metadata.index:
-            # Only when applying before persisting: a snapshot (installed, or taken
-            # at an applied index) reached the disk ahead of the hard state that
-            # commits it. A snapshot holds committed entries only, so recovery
-            # raises the commit index to it, as DiskStorage's recovery does.
-            assert self.config.apply_before_persist, f"node {node.id}: {hard_state} {snapshot}"
+            # Only when applying before persisting, or outside a Ready: a snapshot
+            # (installed, or taken at an applied index) reached the disk ahead of
+            # the hard state that commits it. A snapshot holds committed entries
+            # only, so recovery raises the commit index to it, as DiskStorage's
+            # recovery does.
+            assert self.config.apply_before_persist or self.config.apply_outside_ready, (
+                f"node {node.id}: {hard_state} {snapshot}"
+            )
             storage.set_hard_state(
                 HardState(hard_state.term, hard_state.vote, snapshot.metadata.index)
             )
@@ -419,16 +426,25 @@ class Cluster:
             for message in node.raw.take_early_messages():
                 self._send(node, message)
         config = self.config
-        if node.busy and config.apply_while_persisting and config.apply_before_persist:
+        if config.apply_while_persisting and (
+            (node.busy and config.apply_before_persist)
+            or (not node.busy and config.apply_outside_ready)
+        ):
             # As the server does: entries committed meanwhile (durable on a quorum)
-            # are applied, and reads answered, before the Ready's write is durable.
-            taken = node.raw.take_committed_entries()
-            if taken:
-                self.stats["applied_while_persisting"] += len(taken)
-                node.commit_seen = max(node.commit_seen, node.raw.status().hard_state.commit)
-                self._apply(node, taken)
-                self._serve_reads(node)
+            # are applied, and reads answered, before the Ready's write is durable,
+            # or without waiting for a Ready.
+            self._take_committed(
+                node, "applied_while_persisting" if node.busy else "applied_outside_ready"
+            )
         self._want_ready(node)
+
+    def _take_committed(self, node: SimNode, stat: str) -> None:
+        taken = node.raw.take_committed_entries()
+        if taken:
+            self.stats[stat] += len(taken)
+            node.commit_seen = max(node.commit_seen, node.raw.status().hard_state.commit)
+            self._apply(node, taken)
+            self._serve_reads(node)
 
     def _drain_inbox(self, node: SimNode) -> None:
         while node.inbox and self._accepts_input(node):
@@ -532,6 +548,11 @@ class Cluster:
             return
         if not self.config.apply_before_persist:
             self._apply_and_read(node, rd)
+        if self.config.apply_while_persisting and self.config.apply_outside_ready:
+            # As the server does: a leader counts its own write at once, and what
+            # that commits is applied before `advance()`.
+            node.raw.persisted(rd)
+            self._take_committed(node, "applied_when_durable")
         node.raw.advance(rd)
         node.busy = False
         if node.applied_own_removal:

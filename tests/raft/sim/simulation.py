@@ -73,6 +73,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         max_fsync_units=rng.choice((1, 3, 8)),
         apply_while_persisting=rng.random() < 0.7,
         eager_commit=rng.random() < 0.3,
+        apply_outside_ready=rng.random() < 0.6,
     )
 
 

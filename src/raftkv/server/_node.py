@@ -12,10 +12,10 @@ each it carries out the host contract of `raftkv.raft`:
    commit: whatever arrives meanwhile goes in the next fsync); the messages that
    depend on the write go from the fsync's completion;
 2. applies committed entries to the state machine and resolves the requests they
-   answer, and the reads whose read index is now applied; entries committed while
-   it waits for the fsync are applied as the acknowledgements arrive
-   (`RawNode.take_committed_entries`), and read indexes as their confirmations
-   arrive (`RawNode.take_read_states`);
+   answer, and the reads whose read index is now applied. A leader does not wait
+   for the next Ready: entries are applied as the acknowledgements (or its own
+   fsync's completion) commit them (`RawNode.take_committed_entries`), and read
+   indexes as their confirmations arrive (`RawNode.take_read_states`);
 3. advances, and takes a snapshot when enough entries were applied since the last.
 
 Messages from peers are stepped into the core as they arrive (on the event loop);
@@ -123,9 +123,10 @@ class Node:
         self._read_ready: list[tuple[int, list[asyncio.Future[None]]]] = []
         self._read_contexts = itertools.count(1)
         self._wake = asyncio.Event()
-        #: Whether the raft loop waits for a Ready's fsync.
-        self._persisting = False
         self._submit_scheduled = False
+        #: Whether a leader applied entries outside a Ready (`_apply_committed`)
+        #: since the raft loop last yielded: their replies may not be out yet.
+        self._answered = False
         #: Runs the WAL's fsyncs while the loop goes on (set up in `start`).
         self._fsyncer: Fsyncer | None = None
         #: Set (and replaced) on every change of the known leader.
@@ -500,7 +501,6 @@ class Node:
         raw = self._raw
         for message in messages:
             raw.step(message)
-        self._wake.set()
         # Confirmed read indexes need no Ready: the reads they serve are answered
         # now if this node has applied that far.
         self._note_read_states(raw.take_read_states())
@@ -508,18 +508,24 @@ class Node:
             # A follower's answers to heartbeats (which confirm a leader's
             # ReadIndex) need no fsync: they go now.
             self._send_early()
-        elif self._persisting:
-            # Acknowledgements may commit entries: apply them (and answer their
-            # clients) now, not after the fsync being waited for. They are durable
-            # on a quorum.
-            committed = raw.take_committed_entries()
-            if committed:
-                self._apply(committed)
-            # What acknowledgements make sendable is mostly appends carrying a new
-            # commit index: queued, to go out after the replies. (Not persisting,
-            # the Ready woken below applies the entries and sends the appends.)
-            self._transport.send(raw.take_early_messages())
+        else:
+            self._apply_committed()
         self._release_reads()
+        # After the replies of the entries just applied: they go out first.
+        self._wake.set()
+
+    def _apply_committed(self) -> None:
+        """A leader's entries just committed (by acknowledgements, or its own write
+        becoming durable): applied, and their clients answered, now rather than in
+        the next Ready. They are durable on a quorum."""
+        raw = self._raw
+        committed = raw.take_committed_entries()
+        if committed:
+            self._apply(committed)
+            self._answered = True
+        # What commits make sendable is mostly appends carrying a new commit index:
+        # queued, to go out after the replies.
+        self._transport.send(raw.take_early_messages())
 
     def _wake_for_request(self) -> None:
         if self.role is not Role.LEADER:
@@ -574,6 +580,7 @@ class Node:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                self._answered = False  # Woken after those replies: they are out.
                 self._submit_requests()
                 while self._raw.has_ready():
                     await self._handle_ready(self._raw.ready())
@@ -652,9 +659,9 @@ class Node:
             # messages below depend on it.
             assert self._fsyncer is not None
             # Its messages (a follower's acknowledgement) go as soon as the write
-            # is durable, from the fsync's completion.
-            messages = rd.messages
-            synced = self._fsyncer.sync(partial(self._send_now, messages) if messages else None)
+            # is durable, from the fsync's completion; a leader applies what its
+            # own write commits.
+            synced = self._fsyncer.sync(partial(self._on_durable, rd))
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         self._note_read_states(rd.read_states)
@@ -664,11 +671,12 @@ class Node:
             # this loop turn, after the replies to the clients just answered.
             self._transport.send(early)
         if synced is not None:
-            self._persisting = True
-            try:
-                self.metrics.fsync_seconds.observe(await synced)
-            finally:
-                self._persisting = False
+            self.metrics.fsync_seconds.observe(await synced)
+            if self._answered:
+                # What this write committed was applied when it became durable
+                # (`_on_durable`): the replies go out before the bookkeeping below.
+                self._answered = False
+                await asyncio.sleep(0)
         elif rd.committed_entries or rd.read_states:
             # The replies to the clients just answered are written by their
             # futures' callbacks: let them run before the bookkeeping below.
@@ -679,6 +687,13 @@ class Node:
             self._send_now(rd.messages)  # before the next Ready's apply holds the loop
         self._raw.advance(rd)
         self._maybe_snapshot()
+
+    def _on_durable(self, rd: Ready) -> None:
+        """The write of `rd` is durable (called from the fsync's completion)."""
+        self._send_now(rd.messages)
+        self._raw.persisted(rd)
+        if self.role is Role.LEADER:
+            self._apply_committed()
 
     def _on_soft_state(self, leader_id: int, role: Role) -> None:
         if leader_id != self.leader_id:

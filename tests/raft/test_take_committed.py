@@ -7,18 +7,24 @@ from __future__ import annotations
 
 import pytest
 
-from raftkv.raft import ConfChange, ConfChangeType, EntryType, MessageType
+from raftkv.raft import ConfChange, ConfChangeType, EntryType, MessageType, RawNode, Ready
 
 from .network import Network
 from .test_snapshot import lagging_follower_cluster
 
 
-def test_an_entry_committed_while_its_ready_persists_is_taken_once() -> None:
+def persisting(data: bytes) -> tuple[Network, RawNode, Ready]:
+    """A 3-node cluster whose leader (node 1) proposed `data` and took the Ready
+    that holds it: the leader is persisting it, and no follower has it yet."""
     net = Network(3)
     net.campaign(1)
     leader = net.nodes[1].raw
-    leader.propose(b"x")
-    rd = leader.ready()  # persisting "x"...
+    leader.propose(data)
+    return net, leader, leader.ready()
+
+
+def test_an_entry_committed_while_its_ready_persists_is_taken_once() -> None:
+    net, leader, rd = persisting(b"x")
     assert rd.committed_entries == []
     net.acknowledge(1, rd.early_messages)  # ...when both followers hold it
     taken = leader.take_committed_entries()
@@ -31,11 +37,7 @@ def test_an_entry_committed_while_its_ready_persists_is_taken_once() -> None:
 
 
 def test_entries_proposed_after_ready_are_left_for_the_next_ready() -> None:
-    net = Network(3)
-    net.campaign(1)
-    leader = net.nodes[1].raw
-    leader.propose(b"x")
-    rd = leader.ready()
+    net, leader, rd = persisting(b"x")
     leader.propose(b"y")  # Not in this Ready: not durable here when it advances.
     net.acknowledge(1, rd.early_messages + leader.take_early_messages())
     assert [e.data for e in leader.take_committed_entries()] == [b"x"]
@@ -84,11 +86,7 @@ def test_nothing_is_taken_while_a_snapshot_installs() -> None:
 
 
 def test_outside_a_ready_committed_entries_are_taken_and_count_as_applied() -> None:
-    net = Network(3)
-    net.campaign(1)
-    leader = net.nodes[1].raw
-    leader.propose(b"x")
-    rd = leader.ready()
+    net, leader, rd = persisting(b"x")
     net.nodes[1].storage.append(rd.entries)
     leader.advance(rd)  # Durable here; the followers have not answered yet.
     assert leader.take_committed_entries() == []
@@ -116,11 +114,7 @@ def test_outside_a_ready_entries_not_yet_durable_here_are_left_for_the_ready() -
 
 
 def test_a_leaders_own_durable_write_commits_at_once_with_persisted() -> None:
-    net = Network(3)
-    net.campaign(1)
-    leader = net.nodes[1].raw
-    leader.propose(b"x")
-    rd = leader.ready()
+    net, leader, rd = persisting(b"x")
     net.isolate(3)  # Only node 2 answers: "x" needs the leader's own write too.
     net.acknowledge(1, [m for m in rd.early_messages if m.to == 2])
     assert leader.take_committed_entries() == []
@@ -134,11 +128,7 @@ def test_a_leaders_own_durable_write_commits_at_once_with_persisted() -> None:
 
 
 def test_persisted_outside_a_ready_is_refused() -> None:
-    net = Network(3)
-    net.campaign(1)
-    leader = net.nodes[1].raw
-    leader.propose(b"x")
-    rd = leader.ready()
+    net, leader, rd = persisting(b"x")
     net.nodes[1].storage.append(rd.entries)
     leader.advance(rd)
     with pytest.raises(AssertionError):

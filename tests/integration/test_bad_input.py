@@ -7,9 +7,11 @@ that takes nodes down brings them back before it ends.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import itertools
 import json
+import random
 import signal
 import socket
 import threading
@@ -17,6 +19,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
+
+from raftkv.server._options import NodeOptions
+from raftkv.transport._wire import FrameKind, encode_hello, frame
 
 from .cluster import HOST, Cluster, Response, request
 
@@ -37,6 +42,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             str(REQUEST_TIMEOUT_S),
         ],
     )
+    cluster.enable_resp()
     try:
         cluster.start_all()
         cluster.wait_leader()
@@ -302,3 +308,50 @@ def test_no_leader_within_request_timeout_is_503_with_retry_after(cluster: Clust
     # The write that got "not applied" stays that way.
     assert cluster.get(survivor, "nl").status == 404
     assert_still_serving(cluster, survivor)
+
+
+def _junk(rng: random.Random, protocol: str, cluster_id: int) -> bytes:
+    """Bytes that are not a valid conversation: random, or shaped like `protocol`
+    with random lengths and contents."""
+    noise = rng.randbytes(rng.randint(1, 3000))
+    shape = rng.randrange(3)
+    if shape == 0:
+        return noise
+    if protocol == "rest":
+        method = rng.choice([b"GET", b"PUT", b"POST", b"DELETE", b"BREW"])
+        head = b"%s /%s HTTP/1.1\r\nHost: x\r\n" % (method, rng.randbytes(rng.randint(0, 80)))
+        if shape == 1:
+            return head + b"Content-Length: %d\r\n\r\n" % rng.randint(-5, 1 << 40) + noise
+        return head + rng.randbytes(rng.randint(0, 200)) + b"\r\n\r\n"
+    if protocol == "resp":
+        count, length = rng.randint(-3, 1 << 40), rng.randint(-3, 1 << 40)
+        return b"*%d\r\n$%d\r\n" % (count, length) + noise
+    # The peer protocol: a valid hello from a real member, then junk frames.
+    hello = encode_hello(cluster_id, rng.choice([1, 3]), 2)
+    if shape == 1:
+        return hello + noise
+    kind = rng.choice(list(FrameKind))
+    return hello + frame(kind, noise)
+
+
+def test_junk_at_every_port_leaves_the_cluster_serving(cluster: Cluster) -> None:
+    """Nothing a client or a peer sends crashes a node: seeded junk at node 2's REST,
+    RESP and peer ports, some of it read back, some of it sent and dropped."""
+    member = cluster.members[2]
+    assert member.rpc_port is not None
+    cluster_id = NodeOptions(id=1, cluster=tuple(cluster.peer_urls), port=0).cluster_id
+    rng = random.Random(20261126)
+    ports = {"rest": member.port, "resp": member.rpc_port, "peer": member.peer_port}
+    for protocol, port in ports.items():
+        for _ in range(40):
+            payload = _junk(rng, protocol, cluster_id)
+            with socket.create_connection((HOST, port), timeout=5) as sock:
+                with contextlib.suppress(ConnectionError):
+                    sock.sendall(payload)
+                if rng.random() < 0.5:
+                    sock.settimeout(0.05)
+                    with contextlib.suppress(OSError):
+                        sock.recv(4096)
+    assert all(m.running for m in cluster.members.values())
+    for node_id in cluster.members:
+        assert_still_serving(cluster, node_id)

@@ -80,6 +80,7 @@ def test_nothing_is_taken_while_a_snapshot_installs() -> None:
         for message in messages:
             net.nodes[message.to].raw.step(message)
         net.process()
+    assert follower.take_committed_entries() == []  # Stepped, not yet in a Ready.
     rd = follower.ready()
     assert rd.snapshot is not None
     assert follower.take_committed_entries() == []

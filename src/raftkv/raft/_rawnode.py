@@ -171,11 +171,9 @@ class RawNode:
         if self._ready_pending:
             hi = min(log.committed, self._take_limit)
             lo = max(self._handed_out + 1, log.first_index())
-        elif log.unstable.snapshot is None:
-            hi = min(log.committed, log.unstable.offset - 1)  # Entries are durable up to there.
-            lo = max(log.applied + 1, log.first_index())
         else:
-            return []
+            hi = min(log.committed, log.stabled_index())  # 0 while a snapshot installs
+            lo = max(log.applied + 1, log.first_index())
         if hi < lo:
             return []
         entries = log.slice(lo, hi + 1, log.max_applying_bytes)

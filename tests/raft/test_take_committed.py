@@ -1,7 +1,9 @@
 """`RawNode.take_committed_entries`: committed entries may be applied as soon as
 they commit (while a Ready is being persisted, in order after the Ready's own, or
 with no Ready pending), and the next Ready does not hand them out again.
-`RawNode.persisted`: a leader counts its own write as soon as it is durable."""
+`RawNode.persisted`: a leader counts its own write as soon as it is durable.
+`RawNode.has_ready(commit_alone=False)`: a commit index whose entries were all
+taken may wait for the next Ready."""
 
 from __future__ import annotations
 
@@ -134,3 +136,28 @@ def test_persisted_outside_a_ready_is_refused() -> None:
     leader.advance(rd)
     with pytest.raises(AssertionError):
         leader.persisted(rd)
+
+
+def test_a_new_commit_index_alone_may_wait_for_the_next_ready() -> None:
+    net, leader, rd = persisting(b"x")
+    net.nodes[1].storage.append(rd.entries)
+    leader.advance(rd)
+    net.acknowledge(1, rd.early_messages)
+    assert [e.data for e in leader.take_committed_entries()] == [b"x"]
+    leader.take_early_messages()  # The new commit index for the followers, sent.
+    assert leader.has_ready()  # The new commit index, to persist...
+    assert not leader.has_ready(commit_alone=False)  # ...which may wait.
+    leader.propose(b"y")
+    assert leader.has_ready(commit_alone=False)
+    rd = leader.ready()  # Persists the commit index with the next entry.
+    assert rd.hard_state is not None and rd.hard_state.commit == rd.entries[0].index - 1
+    assert rd.committed_entries == []
+
+
+def test_entries_to_apply_count_even_when_the_commit_index_alone_waits() -> None:
+    net, leader, rd = persisting(b"x")
+    net.nodes[1].storage.append(rd.entries)
+    leader.advance(rd)
+    net.acknowledge(1, rd.early_messages)  # "x" commits; nobody takes it.
+    assert leader.has_ready(commit_alone=False)
+    assert [e.data for e in leader.ready().committed_entries] == [b"x"]

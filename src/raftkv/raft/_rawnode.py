@@ -197,7 +197,11 @@ class RawNode:
         states, raft.read_states = raft.read_states, []
         return states
 
-    def has_ready(self) -> bool:
+    def has_ready(self, *, commit_alone: bool = True) -> bool:
+        """Whether `ready()` has something to hand out. With `commit_alone` False, a
+        new commit index whose entries were all taken (`take_committed_entries`)
+        does not count by itself: a host may leave it for the next Ready, which
+        persists it with whatever else that Ready holds."""
         raft = self._raft
         if raft.msgs or raft.msgs_early or raft.read_states:
             return True
@@ -207,7 +211,10 @@ class RawNode:
             return True
         if raft.soft_state() != self._prev_soft_state:
             return True
-        return raft.hard_state() != self._prev_hard_state
+        prev = self._prev_hard_state
+        if raft.term != prev.term or raft.vote != prev.vote:
+            return True
+        return commit_alone and raft.log.committed != prev.commit
 
     def ready(self) -> Ready:
         assert not self._ready_pending, "ready() called again before advance()"

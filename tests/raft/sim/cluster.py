@@ -133,6 +133,9 @@ class ClusterConfig:
     #: write is durable, after `persisted()` (before `advance()`), as the server
     #: does. Only with `apply_while_persisting`.
     apply_outside_ready: bool = False
+    #: Take no Ready for a new commit index alone (`has_ready(commit_alone=False)`):
+    #: it is persisted with the next Ready's other work, as the server does.
+    commit_alone_waits: bool = False
     #: `Config.eager_commit`: off, followers learn most commits from the next
     #: append or heartbeat, as on the server.
     eager_commit: bool = True
@@ -483,10 +486,13 @@ class Cluster:
     def _want_ready(self, node: SimNode) -> None:
         if node.ready_scheduled or node.busy or node.state is not NodeState.UP:
             return
-        if node.raw.has_ready():
+        if self._has_ready(node):
             node.ready_scheduled = True
             delay = self.rng.randint(0, self.config.max_ready_delay_units)
             self.schedule(delay, self._on_ready, node.id, node.incarnation)
+
+    def _has_ready(self, node: SimNode) -> bool:
+        return node.raw.has_ready(commit_alone=not self.config.commit_alone_waits)
 
     # --- the host contract -----------------------------------------------------------
 
@@ -499,7 +505,7 @@ class Cluster:
             return
         node.ready_scheduled = False
         rn = node.raw
-        if node.busy or not rn.has_ready():
+        if node.busy or not self._has_ready(node):
             return
         rd = rn.ready()
         node.busy = True

@@ -74,6 +74,7 @@ def cluster_config_for(seed: int, nodes: int) -> ClusterConfig:
         apply_while_persisting=rng.random() < 0.7,
         eager_commit=rng.random() < 0.3,
         apply_outside_ready=rng.random() < 0.6,
+        commit_alone_waits=rng.random() < 0.5,
     )
 
 

@@ -511,8 +511,11 @@ class Node:
         else:
             self._apply_committed()
         self._release_reads()
-        # After the replies of the entries just applied: they go out first.
-        self._wake.set()
+        # After the replies of the entries just applied: they go out first. A new
+        # commit index whose entries a leader applied already needs no loop turn:
+        # the next Ready (the next proposal's, or a tick's) persists it.
+        if raw.has_ready(commit_alone=False):
+            self._wake.set()
 
     def _apply_committed(self) -> None:
         """A leader's entries just committed (by acknowledgements, or its own write
@@ -582,7 +585,7 @@ class Node:
                 self._wake.clear()
                 self._answered = False  # Woken after those replies: they are out.
                 self._submit_requests()
-                while self._raw.has_ready():
+                while self._raw.has_ready(commit_alone=False):
                     await self._handle_ready(self._raw.ready())
                     self._submit_requests()
         except asyncio.CancelledError:

@@ -548,6 +548,8 @@ class Node:
         if self.role is Role.LEADER:
             self._submit_requests()
             self._send_early()
+            if not self._raw.has_ready(commit_alone=False):
+                return  # Reads only: their heartbeats went out; nothing to persist.
         self._wake.set()
 
     def _send_early(self) -> None:

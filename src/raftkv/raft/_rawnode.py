@@ -209,7 +209,8 @@ class RawNode:
             return True
         if raft.log.has_next_committed_entries():
             return True
-        if raft.soft_state() != self._prev_soft_state:
+        soft = self._prev_soft_state
+        if raft.lead != soft.leader_id or raft.role is not soft.role:
             return True
         prev = self._prev_hard_state
         if raft.term != prev.term or raft.vote != prev.vote:
@@ -261,6 +262,11 @@ class RawNode:
         at once, so what they commit can be taken with `take_committed_entries()`
         before `advance()`, which does the rest."""
         assert self._ready_pending, "persisted() outside ready()..advance()"
+        self._note_durable(rd)
+
+    def _note_durable(self, rd: Ready) -> None:
+        """`rd`'s term, vote and entries are durable (again, harmlessly, after
+        `persisted`)."""
         if rd.hard_state is not None:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if rd.entries:
@@ -273,14 +279,10 @@ class RawNode:
         assert self._ready_pending, "advance() without ready()"
         self._ready_pending = False
         raft = self._raft
-        if rd.hard_state is not None:
-            self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if rd.snapshot is not None:
             raft.log.stable_snapshot_to(rd.snapshot.metadata.index)
             raft.log.applied = max(raft.log.applied, rd.snapshot.metadata.index)
-        if rd.entries:
-            last = rd.entries[-1]
-            raft.on_persisted(last.index, last.term)
+        self._note_durable(rd)
         if self._taken:
             raft.on_applied([*rd.committed_entries, *self._taken])
             self._taken = []

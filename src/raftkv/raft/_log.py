@@ -28,18 +28,6 @@ class _Unstable:
         # invariant: entries[k].index == offset + k
         self.offset = offset
 
-    def maybe_first_index(self) -> int | None:
-        if self.snapshot is not None:
-            return self.snapshot.metadata.index + 1
-        return None
-
-    def maybe_last_index(self) -> int | None:
-        if self.entries:
-            return self.offset + len(self.entries) - 1
-        if self.snapshot is not None:
-            return self.snapshot.metadata.index
-        return None
-
     def maybe_term(self, index: int) -> int | None:
         if index < self.offset:
             snapshot = self.snapshot
@@ -101,13 +89,21 @@ class RaftLog:
 
     # --- reading ---------------------------------------------------------------------
 
+    # Asked dozens of times per write: the unstable part is looked at in line.
+
     def first_index(self) -> int:
-        index = self.unstable.maybe_first_index()
-        return index if index is not None else self.storage.first_index()
+        snapshot = self.unstable.snapshot
+        if snapshot is not None:
+            return snapshot.metadata.index + 1
+        return self.storage.first_index()
 
     def last_index(self) -> int:
-        index = self.unstable.maybe_last_index()
-        return index if index is not None else self.storage.last_index()
+        unstable = self.unstable
+        if unstable.entries:
+            return unstable.offset + len(unstable.entries) - 1
+        if unstable.snapshot is not None:
+            return unstable.snapshot.metadata.index
+        return self.storage.last_index()
 
     def stabled_index(self) -> int:
         """The last index the host has made durable."""
@@ -143,9 +139,14 @@ class RaftLog:
         return term > our_term or (term == our_term and last_index >= self.last_index())
 
     def entries_from(self, lo: int, max_bytes: int | None) -> list[Entry]:
-        if lo > self.last_index():
+        unstable = self.unstable
+        if lo >= unstable.offset and unstable.snapshot is None:
+            # All in the unstable tail (a leader sending what it just proposed).
+            return limit_size(unstable.entries[lo - unstable.offset :], max_bytes)
+        last = self.last_index()
+        if lo > last:
             return []
-        return self.slice(lo, self.last_index() + 1, max_bytes)
+        return self.slice(lo, last + 1, max_bytes)
 
     def slice(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
         """Entries in [lo, hi), from storage and the unstable tail."""

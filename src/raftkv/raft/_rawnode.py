@@ -41,6 +41,8 @@ class RawNode:
         #: by an advanced Ready): a leader sends nothing early in a term until then.
         self._durable_term_vote = (self._prev_hard_state.term, self._prev_hard_state.vote)
         self._ready_pending = False
+        #: Whether the host called `persisted` for the pending Ready.
+        self._persisted = False
         #: While a Ready is pending: the last committed entry handed to the host (in
         #: the Ready or by `take_committed_entries`), the entries taken, and the
         #: last index that the Ready makes durable (0: taking is off).
@@ -263,10 +265,10 @@ class RawNode:
         before `advance()`, which does the rest."""
         assert self._ready_pending, "persisted() outside ready()..advance()"
         self._note_durable(rd)
+        self._persisted = True
 
     def _note_durable(self, rd: Ready) -> None:
-        """`rd`'s term, vote and entries are durable (again, harmlessly, after
-        `persisted`)."""
+        """`rd`'s term, vote and entries are durable."""
         if rd.hard_state is not None:
             self._durable_term_vote = (rd.hard_state.term, rd.hard_state.vote)
         if rd.entries:
@@ -282,7 +284,10 @@ class RawNode:
         if rd.snapshot is not None:
             raft.log.stable_snapshot_to(rd.snapshot.metadata.index)
             raft.log.applied = max(raft.log.applied, rd.snapshot.metadata.index)
-        self._note_durable(rd)
+        if self._persisted:
+            self._persisted = False
+        else:
+            self._note_durable(rd)
         if self._taken:
             raft.on_applied([*rd.committed_entries, *self._taken])
             self._taken = []

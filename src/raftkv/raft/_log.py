@@ -111,12 +111,15 @@ class RaftLog:
 
     def term(self, index: int) -> int:
         """The term at `index`. Raises CompactedError/UnavailableError outside the log."""
-        term = self.unstable.maybe_term(index)
+        unstable = self.unstable
+        term = unstable.maybe_term(index)
         if term is not None:
             return term
         if index < self.first_index() - 1:
             raise CompactedError(f"index {index} is compacted")
-        if index > self.last_index():
+        # Below the unstable tail an index is in storage (a truncating append moves
+        # the tail's offset down, never up past storage's last entry).
+        if index >= unstable.offset and index > self.last_index():
             raise UnavailableError(f"index {index} is past the last index")
         return self.storage.term(index)
 

@@ -27,7 +27,7 @@ def committed_index(voters: Collection[int], match: Mapping[int, int]) -> int:
     """
     if not voters:
         return 0
-    matched = sorted((match.get(voter, 0) for voter in voters), reverse=True)
+    matched = sorted([match.get(voter, 0) for voter in voters], reverse=True)
     return matched[majority(len(voters)) - 1]
 
 

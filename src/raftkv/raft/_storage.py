@@ -51,7 +51,7 @@ class Storage(Protocol):
 
 def limit_size(entries: list[Entry], max_bytes: int | None) -> list[Entry]:
     """The longest prefix of `entries` within `max_bytes` (never fewer than one)."""
-    if max_bytes is None or not entries or entries_size_bytes(entries) <= max_bytes:
+    if max_bytes is None or len(entries) <= 1 or entries_size_bytes(entries) <= max_bytes:
         return entries
     total = 0
     for count, entry in enumerate(entries):

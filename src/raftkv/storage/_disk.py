@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from raftkv.raft import (
@@ -71,6 +71,11 @@ class DiskStorage:
         self._snapshotter = snapshotter
         self._cache = cache
         self._catch_up_entries = catch_up_entries
+        # The core reads these dozens of times per write: the cache's own methods,
+        # rather than one more call each.
+        self.term: Callable[[int], int] = cache.term
+        self.first_index: Callable[[], int] = cache.first_index
+        self.last_index: Callable[[], int] = cache.last_index
 
     @classmethod
     def open(
@@ -162,22 +167,14 @@ class DiskStorage:
             catch_up_entries=catch_up_entries,
         )
 
-    # --- Storage: what the core reads -----------------------------------------------
+    # --- Storage: what the core reads (also `term`, `first_index` and `last_index`,
+    # bound in `__init__`) ---------------------------------------------------------
 
     def initial_state(self) -> tuple[HardState, ConfState]:
         return self._cache.initial_state()
 
     def entries(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         return self._cache.entries(lo, hi, max_bytes)
-
-    def term(self, index: int) -> int:
-        return self._cache.term(index)
-
-    def first_index(self) -> int:
-        return self._cache.first_index()
-
-    def last_index(self) -> int:
-        return self._cache.last_index()
 
     def snapshot(self) -> Snapshot:
         return self._cache.snapshot()

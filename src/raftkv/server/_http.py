@@ -420,10 +420,10 @@ class HttpConnection(asyncio.Protocol):
                 answer = fast(request)
             except Exception as exc:
                 answer = _internal_error(request, exc)
-            if type(answer) is Response:
+            if isinstance(answer, Response):
                 return self._render(answer, request)
             if answer is not None:
-                deferred = cast(Deferred, answer)
+                deferred = answer
                 self.serving = deferred.future
                 deferred.future.add_done_callback(
                     lambda future: self._finish(request, deferred.finish, future)
@@ -499,10 +499,10 @@ class HttpConnection(asyncio.Protocol):
         out = [reply] if reply else []
         while queue:
             head = queue[0]
-            if type(head) is not bytes:
+            if isinstance(head, Request):
                 if self.write_paused:  # The client is not reading: wait.
                     break
-                answered = self._start(cast(Request, head))
+                answered = self._start(head)
                 if answered is None:
                     break
                 head = answered

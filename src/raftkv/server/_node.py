@@ -503,14 +503,17 @@ class Node:
             raw.step(message)
         # Confirmed read indexes need no Ready: the reads they serve are answered
         # now if this node has applied that far.
-        self._note_read_states(raw.take_read_states())
+        read_states = raw.take_read_states()
+        if read_states:
+            self._note_read_states(read_states)
         if self.role is not Role.LEADER:
             # A follower's answers to heartbeats (which confirm a leader's
             # ReadIndex) need no fsync: they go now.
             self._send_early()
         else:
             self._apply_committed()
-        self._release_reads()
+        if self._read_ready:
+            self._release_reads()
         # After the replies of the entries just applied: they go out first. A new
         # commit index whose entries a leader applied already needs no loop turn:
         # the next Ready (the next proposal's, or a tick's) persists it.
@@ -669,8 +672,10 @@ class Node:
             synced = self._fsyncer.sync(partial(self._on_durable, rd))
         if rd.committed_entries:
             self._apply(rd.committed_entries)
-        self._note_read_states(rd.read_states)
-        self._release_reads()
+        if rd.read_states:
+            self._note_read_states(rd.read_states)
+        if self._read_ready:
+            self._release_reads()
         if early:
             # The commit index for the followers: queued, to go out at the end of
             # this loop turn, after the replies to the clients just answered.
@@ -793,8 +798,8 @@ class Node:
                 self._read_ready.append((read_state.index, issued[1]))
 
     def _release_reads(self) -> None:
-        if not self._read_ready:
-            return
+        """Answer the reads whose read index is applied (callers check that some
+        wait: this runs for every message batch)."""
         applied = self.applied_index
         still_waiting = []
         for index, futures in self._read_ready:

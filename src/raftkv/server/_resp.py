@@ -338,11 +338,11 @@ class RespConnection(asyncio.Protocol):
         out: list[bytes] = []
         while replies:
             slot = replies[0]
-            if type(slot) is bytes:
+            if isinstance(slot, bytes):
                 out.append(slot)
                 replies.popleft()
                 continue
-            future, render, position = cast(_Pending, slot)
+            future, render, position = slot
             if not future.done():
                 self.drain_waiting = future
                 future.add_done_callback(self._resume_drain)

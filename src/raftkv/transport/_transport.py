@@ -226,7 +226,7 @@ class Transport:
         caller about to hold the loop (applying entries, say) while its messages
         should already be on their way."""
         for peer in self._peers.values():
-            if peer.flush_scheduled:
+            if peer.flush_handle is not None:
                 peer.flush()
 
     def add_peer(self, peer_id: int, host: str, port: int) -> None:
@@ -362,7 +362,7 @@ class _Peer:
     __slots__ = (
         "address",
         "failing",
-        "flush_scheduled",
+        "flush_handle",
         "id",
         "link",
         "loop",
@@ -393,7 +393,8 @@ class _Peer:
         #: The last chunk of a snapshot was written while the link was paused; it
         #: counts as written once the link drains below its high-water mark.
         self.unconfirmed_snapshot: Message | None = None
-        self.flush_scheduled = False
+        #: The pending `flush` call, while one is scheduled.
+        self.flush_handle: asyncio.Handle | None = None
         self.unreachable_reported = False
         #: In a failure episode (logged once at warning, ended by a handshake).
         self.failing = False
@@ -441,16 +442,19 @@ class _Peer:
             if len(queue) > self.owner._config.max_queued_messages:
                 self.drop_queue("its send queue is full (it is not keeping up)")
                 return
-        if self.link is not None and not self.flush_scheduled:
+        if self.link is not None and self.flush_handle is None:
             self.schedule_flush()
 
     def schedule_flush(self) -> None:
         assert self.loop is not None
-        self.flush_scheduled = True
-        self.loop.call_soon(self.flush)
+        self.flush_handle = self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
-        self.flush_scheduled = False
+        handle = self.flush_handle
+        if handle is not None:
+            # Called early (`Transport.flush`): the scheduled call would find nothing.
+            handle.cancel()
+            self.flush_handle = None
         link = self.link
         if link is None or link.paused or link.closing:
             return  # not connected, resume_writing will flush, or connection_lost is due
@@ -461,7 +465,7 @@ class _Peer:
             self.unreachable_reported = False
         if (self.outgoing is not None or self.snapshots) and not link.paused:
             self.write_snapshot_part(link)
-            if (self.outgoing is not None or self.snapshots) and not self.flush_scheduled:
+            if (self.outgoing is not None or self.snapshots) and self.flush_handle is None:
                 self.schedule_flush()
 
     def write_batch(self, link: _OutboundLink, batch: list[Message]) -> None:
@@ -516,7 +520,7 @@ class _Peer:
         if self.unconfirmed_snapshot is not None:
             self.unconfirmed_snapshot = None
             self.owner._report_snapshot(self.id, True)
-        if not self.flush_scheduled and (self.queue or self.snapshots or self.outgoing):
+        if self.flush_handle is None and (self.queue or self.snapshots or self.outgoing):
             self.schedule_flush()
 
     # -- failures -------------------------------------------------------------------------
@@ -622,7 +626,7 @@ class _Peer:
         if self.failing:
             self.failing = False
             logger.info("peer %d is reachable again", self.id)
-        if (self.queue or self.snapshots) and not self.flush_scheduled:
+        if (self.queue or self.snapshots) and self.flush_handle is None:
             self.schedule_flush()
 
 

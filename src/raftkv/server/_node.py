@@ -607,7 +607,7 @@ class Node:
             batch, self._proposals = self._proposals, []
             try:
                 raw.propose_many(batch)
-                self.metrics.proposals.inc(len(batch))
+                self.metrics.proposals += len(batch)
             except ProposalDropped:
                 self._proposals[:0] = batch  # Retry when a leader is known again.
         if self._conf_changes and self.leader_id != 0:
@@ -842,7 +842,7 @@ class Node:
                 if future is not None and not future.done():
                     future.set_result(result)
         last = entries[-1].index
-        self.metrics.applied.inc(len(entries))
+        self.metrics.applied += len(entries)
         self.applied_index = last
         if last > self.committed_index:
             self.committed_index = last

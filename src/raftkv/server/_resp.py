@@ -60,6 +60,7 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 
 OK = b"+OK\r\n"
+_RESP_OK = ("resp", "ok")
 PONG = b"+PONG\r\n"
 _connection_ids = itertools.count(1)
 
@@ -336,9 +337,13 @@ class RespConnection(asyncio.Protocol):
             return
         replies = self.replies
         out: list[bytes] = []
+        failed = 0
         while replies:
             slot = replies[0]
             if isinstance(slot, bytes):
+                if slot[:1] == b"-":  # an error reply
+                    self._count_error(slot)
+                    failed += 1
                 out.append(slot)
                 replies.popleft()
                 continue
@@ -351,19 +356,33 @@ class RespConnection(asyncio.Protocol):
                 result = future.result()
                 out.append(render(result if position < 0 else _nth(result, position)))
             except Exception as exc:
-                out.append(error_for(exc))
+                error = error_for(exc)
+                self._count_error(error)
+                failed += 1
+                out.append(error)
             replies.popleft()
             if position == _READ:
                 self.reads_rendered += 1
                 if self.held:
                     self._release_held()
         if out:
+            if len(out) > failed:
+                requests = self.node.metrics.requests
+                requests[_RESP_OK] = requests.get(_RESP_OK, 0) + len(out) - failed
             transport.write(b"".join(out))
         if self.paused and len(replies) <= _RESUME_AT:
             self.paused = False
             transport.resume_reading()
         if self.closing and not replies:
             transport.close()
+
+    def _count_error(self, reply: bytes) -> None:
+        """Count an error reply by its code, the word after the "-"."""
+        end = reply.find(b" ", 1, 32)
+        code = reply[1 : end if end > 0 else reply.find(b"\r")].decode("ascii", "replace")
+        requests = self.node.metrics.requests
+        key = ("resp", code)
+        requests[key] = requests.get(key, 0) + 1
 
     def reply(self, data: bytes) -> None:
         self.replies.append(data)

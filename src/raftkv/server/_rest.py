@@ -20,8 +20,6 @@ import re
 from functools import partial
 from typing import Any
 
-from prometheus_client import Counter
-
 from .. import errors
 from ..kv import (
     CasResult,
@@ -90,7 +88,7 @@ class RestApi:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.max_value_bytes = node.options.max_value_bytes
-        self._request_counters: dict[int, Counter] = {}
+        self._request_keys: dict[int, tuple[str, str]] = {}
 
     # --- hooks for the HTTP server -------------------------------------------------------
 
@@ -112,12 +110,11 @@ class RestApi:
         return error_response(errors.ValueTooLarge(message))
 
     def count_response(self, status: int) -> None:
-        # Labelled children are cached: a label lookup costs more than the increment.
-        counter = self._request_counters.get(status)
-        if counter is None:
-            counter = self.node.metrics.requests.labels(api="rest", status=str(status))
-            self._request_counters[status] = counter
-        counter.inc()
+        key = self._request_keys.get(status)
+        if key is None:
+            key = self._request_keys[status] = ("rest", str(status))
+        requests = self.node.metrics.requests
+        requests[key] = requests.get(key, 0) + 1
 
     def fast(self, request: Request) -> Response | Deferred | None:
         """The root's plain PUT and GET (raftexample's interface, what most clients

@@ -112,15 +112,22 @@ class RaftLog:
     def term(self, index: int) -> int:
         """The term at `index`. Raises CompactedError/UnavailableError outside the log."""
         unstable = self.unstable
-        term = unstable.maybe_term(index)
-        if term is not None:
-            return term
-        if index < self.first_index() - 1:
+        offset = unstable.offset
+        if index >= offset:
+            position = index - offset
+            if position < len(unstable.entries):
+                return unstable.entries[position].term
+            raise UnavailableError(f"index {index} is past the last index")
+        snapshot = unstable.snapshot
+        if snapshot is not None:
+            # A snapshot not yet persisted: the log starts right after it.
+            if index == snapshot.metadata.index:
+                return snapshot.metadata.term
             raise CompactedError(f"index {index} is compacted")
         # Below the unstable tail an index is in storage (a truncating append moves
         # the tail's offset down, never up past storage's last entry).
-        if index >= unstable.offset and index > self.last_index():
-            raise UnavailableError(f"index {index} is past the last index")
+        if index < self.storage.first_index() - 1:
+            raise CompactedError(f"index {index} is compacted")
         return self.storage.term(index)
 
     def term_or_zero(self, index: int) -> int:

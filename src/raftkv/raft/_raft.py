@@ -847,7 +847,9 @@ class Raft:
                 progress.become_replicate()
         else:
             progress.inflights.free_le(m.index)
-        if self._maybe_commit():
+        # A match at or below the commit index moves no quorum past it (one
+        # follower of two acknowledging after the other: the common case).
+        if m.index > self.log.committed and self._maybe_commit():
             self._announce_commit()
         elif was_paused:
             self._send_append(m.frm)

@@ -170,6 +170,8 @@ class RawNode:
         is durable is safe (Raft thesis 10.2.1). Outside a Ready they count as
         applied at once; inside one, `advance()` counts them."""
         log = self._raft.log
+        if log.committed <= log.applied:
+            return []  # Nothing committed is left to apply (most calls).
         if self._ready_pending:
             hi = min(log.committed, self._take_limit)
             lo = max(self._handed_out + 1, log.first_index())

@@ -240,10 +240,10 @@ class Raft:
         """Send an append (or a snapshot) to `to` unless it is paused. Returns whether a
         message was sent."""
         progress = self.progress[to]
-        if progress.is_paused():
-            return False
         log = self.log
         if not send_if_empty and progress.next > log.last_index():
+            return False  # Nothing new (the usual end of a `while` over this).
+        if progress.is_paused():
             return False
         max_bytes = self.config.max_size_per_msg_bytes
         inflights = progress.inflights

@@ -531,7 +531,9 @@ class Node:
             self._answered = True
         # What commits make sendable is mostly appends carrying a new commit index:
         # queued, to go out after the replies.
-        self._transport.send(raw.take_early_messages())
+        messages = raw.take_early_messages()
+        if messages:
+            self._transport.send(messages)
 
     def _wake_for_request(self) -> None:
         if self.role is not Role.LEADER:

@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -511,3 +512,39 @@ def test_a_ticket_of_a_segment_already_rotated_away_changes_nothing(tmp_path: Pa
     wal.sync()
     wal.release_to(index)
     wal.close()
+
+
+def test_a_spare_segment_goes_to_disk_a_megabyte_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Zero-filling the next segment must never leave more than a chunk unflushed:
+    one flush of the whole file queues its writeback ahead of every WAL fsync on
+    the disk (measured: 26 to 35 ms per fsync on every node while 64 MiB flushed)."""
+    from raftkv.storage import _spare
+
+    unflushed = 0
+    most_unflushed = 0
+    real_pwrite, real_fdatasync, real_fsync = os.pwrite, os.fdatasync, os.fsync
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        nonlocal unflushed, most_unflushed
+        unflushed += len(data)
+        most_unflushed = max(most_unflushed, unflushed)
+        return real_pwrite(fd, data, offset)
+
+    def flushed(real: Callable[[int], None]) -> Callable[[int], None]:
+        def flush(fd: int) -> None:
+            nonlocal unflushed
+            unflushed = 0
+            real(fd)
+
+        return flush
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "fdatasync", flushed(real_fdatasync))
+    monkeypatch.setattr(os, "fsync", flushed(real_fsync))
+    size = 5 * (1 << 20) + 123
+    fd = _spare.zero_filled_file(tmp_path / "spare.tmp", size)
+    os.close(fd)
+    assert (tmp_path / "spare.tmp").read_bytes() == bytes(size)
+    assert 0 < most_unflushed <= 1 << 20

@@ -11,7 +11,11 @@ change.
 The price: every segment is written twice, once with zeros. That happens off the
 write path, while the second half of the current segment fills, so it costs disk
 bandwidth and a little CPU but not latency; on a disk whose bandwidth, rather
-than its flush latency, is the bottleneck it would cost throughput.
+than its flush latency, is the bottleneck it would cost throughput. The zeros go
+to disk one flushed megabyte at a time, so that a WAL fsync never waits behind
+more than that (flushed at once, the 64 MiB made every node's fsyncs take 26 to 35
+ms instead of under 1 ms, all at once, as all nodes reach the same log position
+together).
 """
 
 from __future__ import annotations
@@ -43,6 +47,10 @@ def zero_filled_file(
             if cancelled():
                 return fd
             os.pwrite(fd, _ZEROS[: min(_CHUNK_BYTES, size_bytes - offset)], offset)
+            # A chunk at a time: one flush of the whole file at the end would queue
+            # tens of ms of writeback ahead of every WAL fsync on the same disk (and
+            # every node of a cluster prepares its spare at the same log position).
+            os.fdatasync(fd)
         fsync_fd(fd, path)
     except OSError as error:
         os.close(fd)

@@ -11,6 +11,7 @@ write. Everything else is an ordinary prometheus-client metric.
 from __future__ import annotations
 
 import bisect
+import collections
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -54,7 +55,7 @@ class Metrics:
         )
         #: Responses by (API, status): an HTTP status code for "rest", "ok" or the
         #: error reply's code (ERR, TRYAGAIN, ...) for "resp".
-        self.requests: dict[tuple[str, str], int] = {}
+        self.requests: collections.Counter[tuple[str, str]] = collections.Counter()
         registry.register(_HotPath(self))
         self.commit_index = Gauge(
             "raftkv_commit_index", "The commit index this node knows.", registry=registry

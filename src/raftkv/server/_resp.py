@@ -367,8 +367,7 @@ class RespConnection(asyncio.Protocol):
                     self._release_held()
         if out:
             if len(out) > failed:
-                requests = self.node.metrics.requests
-                requests[_RESP_OK] = requests.get(_RESP_OK, 0) + len(out) - failed
+                self.node.metrics.requests[_RESP_OK] += len(out) - failed
             transport.write(b"".join(out))
         if self.paused and len(replies) <= _RESUME_AT:
             self.paused = False
@@ -380,9 +379,7 @@ class RespConnection(asyncio.Protocol):
         """Count an error reply by its code, the word after the "-"."""
         end = reply.find(b" ", 1, 32)
         code = reply[1 : end if end > 0 else reply.find(b"\r")].decode("ascii", "replace")
-        requests = self.node.metrics.requests
-        key = ("resp", code)
-        requests[key] = requests.get(key, 0) + 1
+        self.node.metrics.requests["resp", code] += 1
 
     def reply(self, data: bytes) -> None:
         self.replies.append(data)

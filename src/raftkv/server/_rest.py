@@ -113,8 +113,7 @@ class RestApi:
         key = self._request_keys.get(status)
         if key is None:
             key = self._request_keys[status] = ("rest", str(status))
-        requests = self.node.metrics.requests
-        requests[key] = requests.get(key, 0) + 1
+        self.node.metrics.requests[key] += 1
 
     def fast(self, request: Request) -> Response | Deferred | None:
         """The root's plain PUT and GET (raftexample's interface, what most clients

@@ -47,10 +47,7 @@ def zero_filled_file(
             if cancelled():
                 return fd
             os.pwrite(fd, _ZEROS[: min(_CHUNK_BYTES, size_bytes - offset)], offset)
-            # A chunk at a time: one flush of the whole file at the end would queue
-            # tens of ms of writeback ahead of every WAL fsync on the same disk (and
-            # every node of a cluster prepares its spare at the same log position).
-            os.fdatasync(fd)
+            os.fdatasync(fd)  # A chunk at a time: see the module docstring.
         fsync_fd(fd, path)
     except OSError as error:
         os.close(fd)

@@ -114,7 +114,9 @@ class Node:
             collections.deque()
         )
         self._proposals: list[bytes] = []
-        self._conf_changes: list[tuple[ConfChange, asyncio.Future[Any]]] = []
+        #: Membership changes to propose: (change, its request's future, whether it
+        #: was proposed before and is sent again).
+        self._conf_changes: list[tuple[ConfChange, asyncio.Future[Any], bool]] = []
         self._conf_change_in_flight: asyncio.Future[Any] | None = None
         self._conf_change_sent: tuple[ConfChange, float] | None = None
         self._reads: list[asyncio.Future[None]] = []
@@ -340,7 +342,7 @@ class Node:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._track(future, request_id)
         self._conf_change_in_flight = future
-        self._conf_changes.append((change, future))
+        self._conf_changes.append((change, future, False))
         self._wake.set()
         result: ConfState = await future
         return result
@@ -614,18 +616,21 @@ class Node:
                 self._proposals[:0] = batch  # Retry when a leader is known again.
         if self._conf_changes and self.leader_id != 0:
             pending, self._conf_changes = self._conf_changes, []
-            for change, future in pending:
+            for change, future, again in pending:
                 if future.done():
                     continue
                 try:
                     self._conf_change_sent = (change, self._loop.time())
                     raw.propose_conf_change(change)
                 except ConfChangePending as exc:
-                    future.set_exception(errors.Conflict(str(exc)))
+                    if not again:
+                        future.set_exception(errors.Conflict(str(exc)))
+                    # Sent again, the change pending may be its own first copy, which
+                    # may still commit: the request waits for that, or its deadline.
                 except InvalidConfChange as exc:
                     future.set_exception(errors.InvalidRequest(str(exc)))
                 except ProposalDropped:
-                    self._conf_changes.append((change, future))
+                    self._conf_changes.append((change, future, again))
         if self._reads and self.leader_id != 0:
             reads = [future for future in self._reads if not future.done()]
             self._reads = []
@@ -768,7 +773,8 @@ class Node:
         """Forward our membership change again if it is not applied in time: the
         leader drops (without telling us) a change it cannot take yet. A second copy
         is harmless: the leader refuses a change that is already made, and applying
-        one twice changes nothing."""
+        one twice changes nothing. A copy refused because a change is pending (the
+        first copy, perhaps) leaves the request waiting: `_submit_requests`."""
         pending = self._conf_change_sent
         future = self._conf_change_in_flight
         if pending is None or future is None or future.done():
@@ -777,7 +783,7 @@ class Node:
         if sent_at > horizon or self.role is Role.LEADER or self.leader_id == 0:
             return
         self._conf_change_sent = (change, now)
-        self._conf_changes.append((change, future))
+        self._conf_changes.append((change, future, True))
 
     def _repropose(self) -> None:
         """Propose again every write of ours not yet applied: the old leader may have

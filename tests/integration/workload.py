@@ -17,7 +17,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -89,7 +89,10 @@ def _error_text(body: bytes) -> str:
 
 class Writers:
     """Threads that PUT unique keys (`<prefix><thread>-<n>`) to random nodes until
-    stopped. Use as a context manager: the threads are always joined."""
+    stopped. Use as a context manager: the threads are always joined.
+
+    `targets`, if given, names the nodes to write to, asked before every write (for
+    a cluster whose membership changes); by default, every member."""
 
     def __init__(
         self,
@@ -99,8 +102,10 @@ class Writers:
         seed: int,
         threads: int = 4,
         timeout_s: float = 8.0,
+        targets: Callable[[], list[int]] | None = None,
     ) -> None:
         self.cluster = cluster
+        self._targets = targets or (lambda: list(cluster.members))
         self.prefix = prefix
         self.timeout_s = timeout_s
         self._stop = threading.Event()
@@ -115,11 +120,10 @@ class Writers:
 
     def _write(self, number: int, rng: random.Random) -> None:
         outcomes = self._outcomes[number]
-        node_ids = list(self.cluster.members)
         sequence = 0
         while not self._stop.is_set():
             sequence += 1
-            node_id = rng.choice(node_ids)
+            node_id = rng.choice(self._targets())
             key = f"{self.prefix}{number}-{sequence:06d}"
             value = f"{key}@{node_id}:{rng.getrandbits(32):08x}"
             outcomes.sent[key] = value

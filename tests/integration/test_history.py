@@ -14,6 +14,7 @@ without a 200 or 404 tells nothing and is dropped.
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import threading
@@ -110,12 +111,21 @@ class Clients:
         assert not any(thread.is_alive() for thread in self.threads), "a client hung"
 
 
-class Nemesis:
-    """One fault at a time on a random node: kill -9 and restart, or pause and resume.
-    Every fault is healed before the next one starts and before the thread ends."""
+#: The nemesis's faults: kill -9 of a node and its restart, pause (SIGSTOP) and
+#: resume, a leadership transfer to a random node asked of a random node, and
+#: kill -9 of two nodes at once (no quorum) and their restart.
+FAULTS = ("kill", "pause", "transfer", "quorum")
 
-    def __init__(self, cluster: Cluster, seed: int) -> None:
+
+class Nemesis:
+    """One fault at a time (of `faults`, see FAULTS) on random nodes. Every fault is
+    healed before the next one starts and before the thread ends."""
+
+    def __init__(
+        self, cluster: Cluster, seed: int, faults: tuple[str, ...] = ("kill", "pause")
+    ) -> None:
         self.cluster = cluster
+        self.faults = faults
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.events: list[str] = []
@@ -129,23 +139,43 @@ class Nemesis:
     def _run(self) -> None:
         try:
             while not self.stop.wait(self.rng.uniform(0.5, 1.5)):
+                fault = self.rng.choice(self.faults)
                 node_id = self.rng.choice(NODES)
                 outage_s = self.rng.uniform(0.5, 2.0)
-                if self.rng.random() < 0.5:
+                if fault == "kill":
                     self._note(f"kill -9 node {node_id}")
                     self.cluster.kill(node_id, signal.SIGKILL)
                     time.sleep(outage_s)
                     self.cluster.start(node_id)
                     self._note(f"restarted node {node_id}")
-                else:
+                elif fault == "pause":
                     self._note(f"pause node {node_id}")
                     self.cluster.pause(node_id)
                     time.sleep(outage_s)
                     self.cluster.resume(node_id)
                     self._note(f"resumed node {node_id}")
+                elif fault == "transfer":
+                    self._transfer(node_id, self.rng.choice(NODES))
+                else:
+                    victims = self.rng.sample(NODES, 2)
+                    self._note(f"kill -9 nodes {victims} (no quorum)")
+                    for victim in victims:
+                        self.cluster.kill(victim, signal.SIGKILL)
+                    time.sleep(outage_s)
+                    for victim in victims:
+                        self.cluster.start(victim)
+                    self._note(f"restarted nodes {victims}")
         except BaseException as exc:
             self.error = exc
             self._note(f"nemesis failed: {exc!r}")
+
+    def _transfer(self, asked: int, target: int) -> None:
+        body = json.dumps({"id": target})
+        try:
+            reply = request(self.cluster.members[asked].port, "POST", "/v1/leader", body, 5)
+            self._note(f"asked node {asked} to hand leadership to node {target}: {reply.status}")
+        except OSError as exc:
+            self._note(f"asked node {asked} to hand leadership to node {target}: {exc!r}")
 
     def __enter__(self) -> Nemesis:
         self.thread.start()
@@ -188,14 +218,19 @@ def describe(history: History, nemesis: Nemesis) -> str:
     )
 
 
-def run_history_test(make_cluster: Callable[..., Cluster], duration_s: float, clients: int) -> None:
+def run_history_test(
+    make_cluster: Callable[..., Cluster],
+    duration_s: float,
+    clients: int,
+    faults: tuple[str, ...] = ("kill", "pause"),
+) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     cluster = make_cluster(3, extra_args=SERVER_ARGS)
     cluster.start_all()
     cluster.wait_leader()
     history = History()
-    with Clients(cluster, history, clients, seed), Nemesis(cluster, seed) as nemesis:
+    with Clients(cluster, history, clients, seed), Nemesis(cluster, seed, faults) as nemesis:
         time.sleep(duration_s)
     assert nemesis.error is None, f"{nemesis.error!r}\n" + "\n".join(nemesis.events)
     heal(cluster)
@@ -228,3 +263,10 @@ def test_long_history_under_kills_and_pauses_is_linearizable(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     run_history_test(make_cluster, duration_s=90, clients=6)
+
+
+@pytest.mark.timeout(180)
+def test_history_under_leader_transfers_and_quorum_loss_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=15, clients=4, faults=FAULTS)

@@ -330,22 +330,37 @@ class Node:
     ) -> ConfState:
         """Propose a membership change and wait until this node has applied it."""
         self.check_available()
-        url = self._validate_change(change_type, node_id, url)
+        self._refuse_second_change()
+        request_id = next(self._request_ids)
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._track(future, request_id)  # One deadline for the whole request.
+        self._conf_change_in_flight = future  # A second change is refused from now.
+        try:
+            # Checked against the membership as of now, not against this node's view,
+            # which may lag (a node that just joined, one that was cut off): it
+            # catches up first, as for a linearizable read.
+            await self.read_barrier()
+            url = self._validate_change(change_type, node_id, url)
+        except BaseException:
+            self._waiters.pop(request_id, None)
+            future.cancel()
+            raise
+        if not future.done():  # (Past its deadline, it is not proposed at all.)
+            change = ConfChange(
+                change_type, node_id, _encode_change_context(url, self.id, request_id)
+            )
+            self._conf_changes.append((change, future, False))
+            self._wake.set()
+        result: ConfState = await future
+        return result
+
+    def _refuse_second_change(self) -> None:
         if self._conf_change_in_flight is not None and not self._conf_change_in_flight.done():
             # The leader allows one pending change and would drop a second one that
             # we forward without telling us: refuse it here.
             raise errors.Conflict(
                 "a membership change is already in progress; retry once it is applied"
             )
-        request_id = next(self._request_ids)
-        change = ConfChange(change_type, node_id, _encode_change_context(url, self.id, request_id))
-        future: asyncio.Future[Any] = self._loop.create_future()
-        self._track(future, request_id)
-        self._conf_change_in_flight = future
-        self._conf_changes.append((change, future, False))
-        self._wake.set()
-        result: ConfState = await future
-        return result
 
     def _validate_change(self, change_type: ConfChangeType, node_id: int, url: str) -> str:
         """Check a membership change against this node's view; returns the clean URL."""

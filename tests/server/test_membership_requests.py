@@ -18,6 +18,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from raftkv import errors
 from raftkv.raft import ConfChangeType, Message, MessageType
 from raftkv.server._node import Node
 from raftkv.transport import _transport
@@ -101,5 +104,22 @@ def test_a_lagging_node_checks_a_change_against_the_current_membership(
             conf_state = await asyncio.wait_for(removal, 10)
             assert 4 not in conf_state.voters
             assert sorted(conf_state.voters) == sorted(node.id for node in nodes)
+
+    asyncio.run(main())
+
+
+def test_a_bad_node_id_or_url_is_refused_at_once_even_without_a_leader(tmp_path: Path) -> None:
+    async def main() -> None:
+        # Ticks of a second: no leader for the test's duration.
+        async with cluster(tmp_path, tick_ms=1000, request_timeout_s=10.0) as nodes:
+            node = nodes[0]
+            assert node.leader_id == 0
+            for change_type, node_id, url in [
+                (ConfChangeType.ADD_NODE, 4, "not a url"),
+                (ConfChangeType.ADD_NODE, 0, "http://127.0.0.1:1"),
+                (ConfChangeType.REMOVE_NODE, -1, ""),
+            ]:
+                with pytest.raises(errors.InvalidRequest):
+                    await asyncio.wait_for(node.change_membership(change_type, node_id, url), 1)
 
     asyncio.run(main())

@@ -330,6 +330,7 @@ class Node:
     ) -> ConfState:
         """Propose a membership change and wait until this node has applied it."""
         self.check_available()
+        url = self._check_change(change_type, node_id, url)
         self._refuse_second_change()
         request_id = next(self._request_ids)
         future: asyncio.Future[Any] = self._loop.create_future()
@@ -340,7 +341,7 @@ class Node:
             # which may lag (a node that just joined, one that was cut off): it
             # catches up first, as for a linearizable read.
             await self.read_barrier()
-            url = self._validate_change(change_type, node_id, url)
+            self._check_change_against_members(change_type, node_id)
         except BaseException:
             self._waiters.pop(request_id, None)
             future.cancel()
@@ -362,23 +363,26 @@ class Node:
                 "a membership change is already in progress; retry once it is applied"
             )
 
-    def _validate_change(self, change_type: ConfChangeType, node_id: int, url: str) -> str:
-        """Check a membership change against this node's view; returns the clean URL."""
+    def _check_change(self, change_type: ConfChangeType, node_id: int, url: str) -> str:
+        """Check a membership change's node id and URL; returns the clean URL."""
         if node_id <= 0:
             raise errors.InvalidRequest(f"node id must be a positive integer, got {node_id}")
-        conf = self._raw.status().conf_state
         if change_type is ConfChangeType.REMOVE_NODE:
-            if node_id not in conf.voters and node_id not in conf.learners:
-                raise errors.InvalidRequest(f"node {node_id} is not a member of the cluster")
             return ""
-        if node_id in conf.voters:
-            raise errors.InvalidRequest(f"node {node_id} is already a voter")
-        if change_type is ConfChangeType.ADD_LEARNER and node_id in conf.learners:
-            raise errors.InvalidRequest(f"node {node_id} is already a learner")
         try:
             return parse_peer_url(url).url
         except OptionsError as exc:
             raise errors.InvalidRequest(str(exc)) from None
+
+    def _check_change_against_members(self, change_type: ConfChangeType, node_id: int) -> None:
+        conf = self._raw.status().conf_state
+        if change_type is ConfChangeType.REMOVE_NODE:
+            if node_id not in conf.voters and node_id not in conf.learners:
+                raise errors.InvalidRequest(f"node {node_id} is not a member of the cluster")
+        elif node_id in conf.voters:
+            raise errors.InvalidRequest(f"node {node_id} is already a voter")
+        elif change_type is ConfChangeType.ADD_LEARNER and node_id in conf.learners:
+            raise errors.InvalidRequest(f"node {node_id} is already a learner")
 
     async def transfer_leader(self, transferee: int) -> None:
         self.check_available()

@@ -10,11 +10,13 @@
 - A node checks a change against the membership as of the request, not against its
   own view, which may lag (a node that just joined, or one cut off for a while):
   it first catches up to the leader's commit index, as for a linearizable read.
+  The member list is such a read too, unless asked for as serializable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,9 @@ import pytest
 
 from raftkv import errors
 from raftkv.raft import ConfChangeType, Message, MessageType
+from raftkv.server._http import Request, Response
 from raftkv.server._node import Node
+from raftkv.server._rest import RestApi
 from raftkv.transport import _transport
 
 from .test_commit_news import cluster, elect
@@ -63,6 +67,16 @@ def test_a_retried_change_whose_first_copy_is_pending_waits_for_it(
     asyncio.run(main())
 
 
+def get(target: str) -> Request:
+    path, _, query = target.partition("?")
+    return Request("GET", path, query, b"", "HTTP/1.1", True)
+
+
+def member_ids(response: Response) -> list[int]:
+    assert response.status == 200, response
+    return [member["id"] for member in json.loads(response.body)["members"]]
+
+
 def has_pending_change(node: Node) -> bool:
     return bool(node._raw._raft.log.has_pending_conf_change(False))
 
@@ -94,13 +108,21 @@ def test_a_lagging_node_checks_a_change_against_the_current_membership(
             # other two still make a majority of the old membership).
             await leader.change_membership(ConfChangeType.ADD_NODE, 4, "http://127.0.0.1:1")
             assert 4 not in lagging.status()["progress"] and len(lagging.members) == 3
+            # The member list, by default, waits to catch up too; a serializable one
+            # is this node's view.
+            api = RestApi(lagging)
+            listing = asyncio.ensure_future(api.handle(get("/v1/members")))
+            stale = await api.handle(get("/v1/members?consistency=serializable"))
+            assert member_ids(stale) == [node.id for node in nodes]
             removal = asyncio.ensure_future(
                 lagging.change_membership(ConfChangeType.REMOVE_NODE, 4)
             )
             await asyncio.sleep(0.3)
             # Not refused as "not a member": it waits to catch up first.
             assert not removal.done(), removal.exception()
+            assert not listing.done()
             cut_off = False
+            assert member_ids(await asyncio.wait_for(listing, 10))[-1] == 4
             conf_state = await asyncio.wait_for(removal, 10)
             assert 4 not in conf_state.voters
             assert sorted(conf_state.voters) == sorted(node.id for node in nodes)

@@ -858,8 +858,9 @@ def _raft_status(conn: RespConnection, args: list[bytes]) -> None:
 
 @command("RAFT.MEMBERS", 1)
 def _raft_members(conn: RespConnection, args: list[bytes]) -> None:
-    members = conn.node.status()["members"]
-    conn.reply(conn.encoder.value([_json_like(m) for m in members]))
+    node, encoder = conn.node, conn.encoder
+    # A read, at the connection's consistency: the members as of now by default.
+    conn.read_later(lambda _: encoder.value([_json_like(m) for m in node.status()["members"]]))
 
 
 def _node_id(raw: bytes) -> int:

@@ -172,7 +172,7 @@ class RestApi:
             return await self.list_keys(request)
         if rest == "members":
             if method == "GET":
-                return self.list_members()
+                return await self.list_members(request)
             if method == "POST":
                 return await self.add_member_v1(request)
         if rest.startswith("members/") and method == "DELETE":
@@ -315,7 +315,9 @@ class RestApi:
 
     # --- cluster -----------------------------------------------------------------------
 
-    def list_members(self) -> Response:
+    async def list_members(self, request: Request) -> Response:
+        """The members as of now (by default), or as this node last heard."""
+        await self._barrier(request.query.get("consistency", "linearizable"))
         return json_response({"members": self.node.status()["members"]})
 
     async def add_member_v1(self, request: Request) -> Response:

@@ -341,6 +341,32 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError(f"node {node_id} took no snapshot past {index} in time: {status}")
 
+    def change_membership(self, via: list[int], method: str, node_id: int) -> None:
+        """POST (add) or DELETE (remove) `node_id` through any node of `via`, retrying
+        while the cluster is busy with another change (409) or between leaders (503).
+
+        An attempt whose outcome is unknown (a timeout, a dropped connection) may have
+        made the change: a retry is then told that it is done already (400)."""
+        body = self.peer_urls[node_id - 1] if method == "POST" else None
+        done_already = "already a voter" if method == "POST" else "is not a member"
+        deadline = time.monotonic() + 30
+        uncertain = False
+        while time.monotonic() < deadline:
+            for through in via:
+                try:
+                    reply = request(self.members[through].port, method, f"/{node_id}", body, 10)
+                except OSError as exc:
+                    print(f"{method} /{node_id} through node {through}: {exc!r}")
+                    uncertain = True
+                    continue
+                print(f"{method} /{node_id} through node {through}: {reply.status} {reply.text}")
+                if reply.status == 204 or (uncertain and done_already in reply.text):
+                    return
+                assert reply.status in (409, 503), reply
+                uncertain = uncertain or reply.status == 503
+            time.sleep(0.2)
+        raise AssertionError(f"{method} /{node_id} did not succeed in time")
+
     def log(self, node_id: int) -> str:
         path = self.members[node_id].log_path
         if not path.exists():

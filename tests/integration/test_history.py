@@ -1,8 +1,9 @@
 """A Jepsen-style history test against real processes.
 
-A few client threads read and write a few keys through all three nodes over REST,
-recording every operation with its call and return times, while a nemesis kills
-nodes (SIGKILL, then a restart) and pauses them (SIGSTOP, then SIGCONT). Afterwards
+A few client threads read and write a few keys through all three nodes over REST
+(or RESP), recording every operation with its call and return times, while a nemesis
+kills nodes (SIGKILL, then a restart) and pauses them (SIGSTOP, then SIGCONT), and in
+some tests also moves leadership and takes the majority away (`FAULTS`). Afterwards
 every node is healed, a final read of every key on every node joins the history, and
 the whole history must be linearizable (`raftkv.linearizability.check`): no stale or
 phantom read, and no acknowledged write lost (the final reads would show it).
@@ -24,6 +25,9 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from raftkv.linearizability import Operation, check
 
@@ -49,7 +53,7 @@ class History:
 def run_operation(
     cluster: Cluster, client: str, node_id: int, kind: str, key: str, value: str | None
 ) -> Operation:
-    """One GET or PUT through `node_id`, as an operation of the history."""
+    """One GET or PUT through `node_id`'s REST API, as an operation of the history."""
     port = cluster.members[node_id].port
     call = time.monotonic()
     try:
@@ -71,12 +75,66 @@ def run_operation(
     return Operation(client, "get", key, None, None, call, None)
 
 
-class Clients:
-    """Threads issuing random reads and writes (unique values) to random nodes."""
+class RespOperations:
+    """GET and SET through the nodes' RESP APIs, as operations of the history: one
+    connection per node, used by one client thread only, and never retried by
+    redis-py (a retry would be a second operation the history does not show)."""
 
-    def __init__(self, cluster: Cluster, history: History, count: int, seed: int) -> None:
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.connections: dict[int, redis.Redis] = {}
+
+    def __call__(
+        self, cluster: Cluster, client: str, node_id: int, kind: str, key: str, value: str | None
+    ) -> Operation:
+        connection = self.connections.get(node_id)
+        if connection is None:
+            port = cluster.members[node_id].rpc_port
+            assert port is not None, "the cluster has no RESP ports (enable_resp)"
+            connection = redis.Redis(
+                port=port,
+                socket_timeout=CLIENT_TIMEOUT_S,
+                socket_connect_timeout=CLIENT_TIMEOUT_S,
+                retry=Retry(NoBackoff(), 0),
+                decode_responses=True,
+            )
+            self.connections[node_id] = connection
+        call = time.monotonic()
+        try:
+            if kind == "put":
+                connection.set(key, value)
+            else:
+                read = connection.get(key)
+        except redis.RedisError:
+            return Operation(client, kind, key, value, None, call, None)
+        returned = time.monotonic()
+        if kind == "put":
+            return Operation(client, "put", key, value, None, call, returned)
+        return Operation(client, "get", key, None, read, call, returned)
+
+    def close(self) -> None:
+        for connection in self.connections.values():
+            connection.close()
+
+
+class Clients:
+    """Threads issuing random reads and writes (unique values) to random nodes,
+    over REST or (`api="resp"`) over RESP."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        history: History,
+        count: int,
+        seed: int,
+        api: str = "rest",
+        live: list[int] | None = None,
+    ) -> None:
         self.cluster = cluster
         self.history = history
+        self.api = api
+        #: The members to send to (read before every operation: it may change).
+        self.live = live if live is not None else list(NODES)
         self.stop = threading.Event()
         self.threads = [
             threading.Thread(target=self._run, args=(f"c{n}", random.Random(seed + n)))
@@ -85,19 +143,24 @@ class Clients:
 
     def _run(self, client: str, rng: random.Random) -> None:
         written = 0
-        while not self.stop.is_set():
-            key = rng.choice(KEYS)
-            node_id = rng.choice(NODES)
-            if rng.random() < 0.5:
-                written += 1
-                operation = run_operation(
-                    self.cluster, client, node_id, "put", key, f"{client}-{written}"
-                )
-            else:
-                operation = run_operation(self.cluster, client, node_id, "get", key, None)
-            self.history.add(operation)
-            if operation.return_time is None:
-                time.sleep(0.05)  # Mostly a node down or paused: try elsewhere.
+        operate = RespOperations(self.cluster) if self.api == "resp" else run_operation
+        try:
+            while not self.stop.is_set():
+                key = rng.choice(KEYS)
+                node_id = rng.choice(self.live)
+                if rng.random() < 0.5:
+                    written += 1
+                    operation = operate(
+                        self.cluster, client, node_id, "put", key, f"{client}-{written}"
+                    )
+                else:
+                    operation = operate(self.cluster, client, node_id, "get", key, None)
+                self.history.add(operation)
+                if operation.return_time is None:
+                    time.sleep(0.05)  # Mostly a node down or paused: try elsewhere.
+        finally:
+            if isinstance(operate, RespOperations):
+                operate.close()
 
     def __enter__(self) -> Clients:
         for thread in self.threads:
@@ -115,6 +178,9 @@ class Clients:
 #: resume, a leadership transfer to a random node asked of a random node, and
 #: kill -9 of two nodes at once (no quorum) and their restart.
 FAULTS = ("kill", "pause", "transfer", "quorum")
+#: Replace a member: add a new node (it joins, catching up by snapshot), then
+#: remove a random one (the leader, perhaps). Drawn twice as often as the others.
+MEMBERSHIP_FAULTS = ("kill", "pause", "replace", "replace")
 
 
 class Nemesis:
@@ -122,10 +188,16 @@ class Nemesis:
     healed before the next one starts and before the thread ends."""
 
     def __init__(
-        self, cluster: Cluster, seed: int, faults: tuple[str, ...] = ("kill", "pause")
+        self,
+        cluster: Cluster,
+        seed: int,
+        faults: tuple[str, ...] = ("kill", "pause"),
+        live: list[int] | None = None,
     ) -> None:
         self.cluster = cluster
         self.faults = faults
+        #: The members, which the "replace" fault changes (shared with the clients).
+        self.live = live if live is not None else list(NODES)
         self.rng = random.Random(seed)
         self.stop = threading.Event()
         self.events: list[str] = []
@@ -140,13 +212,13 @@ class Nemesis:
         try:
             while not self.stop.wait(self.rng.uniform(0.5, 1.5)):
                 fault = self.rng.choice(self.faults)
-                node_id = self.rng.choice(NODES)
+                node_id = self.rng.choice(self.live)
                 outage_s = self.rng.uniform(0.5, 2.0)
                 if fault == "kill":
                     self._note(f"kill -9 node {node_id}")
                     self.cluster.kill(node_id, signal.SIGKILL)
                     time.sleep(outage_s)
-                    self.cluster.start(node_id)
+                    self.cluster.start(node_id, join=node_id not in NODES)
                     self._note(f"restarted node {node_id}")
                 elif fault == "pause":
                     self._note(f"pause node {node_id}")
@@ -155,15 +227,17 @@ class Nemesis:
                     self.cluster.resume(node_id)
                     self._note(f"resumed node {node_id}")
                 elif fault == "transfer":
-                    self._transfer(node_id, self.rng.choice(NODES))
+                    self._transfer(node_id, self.rng.choice(self.live))
+                elif fault == "replace":
+                    self._replace(node_id)
                 else:
-                    victims = self.rng.sample(NODES, 2)
+                    victims = self.rng.sample(self.live, 2)
                     self._note(f"kill -9 nodes {victims} (no quorum)")
                     for victim in victims:
                         self.cluster.kill(victim, signal.SIGKILL)
                     time.sleep(outage_s)
                     for victim in victims:
-                        self.cluster.start(victim)
+                        self.cluster.start(victim, join=victim not in NODES)
                     self._note(f"restarted nodes {victims}")
         except BaseException as exc:
             self.error = exc
@@ -177,6 +251,21 @@ class Nemesis:
         except OSError as exc:
             self._note(f"asked node {asked} to hand leadership to node {target}: {exc!r}")
 
+    def _replace(self, victim: int) -> None:
+        cluster, live = self.cluster, self.live
+        new = cluster.add_member_slot().node_id
+        self._note(f"add node {new}")
+        cluster.change_membership(self.rng.sample(live, len(live)), "POST", new)
+        if cluster.members[1].rpc_port is not None:
+            cluster.enable_resp()
+        cluster.start(new, join=True)
+        live.append(new)
+        self._note(f"remove node {victim}")
+        live.remove(victim)  # The clients stop choosing it; operations in flight may fail.
+        cluster.change_membership(self.rng.sample(live, len(live)), "DELETE", victim)
+        assert cluster.wait_exit(victim) == 0, cluster.log(victim)
+        self._note(f"node {victim} exited; members {sorted(live)}")
+
     def __enter__(self) -> Nemesis:
         self.thread.start()
         return self
@@ -187,17 +276,17 @@ class Nemesis:
         assert not self.thread.is_alive(), "the nemesis hung"
 
 
-def heal(cluster: Cluster) -> None:
-    for node_id in NODES:
+def heal(cluster: Cluster, live: list[int]) -> None:
+    for node_id in live:
         cluster.resume(node_id)
         if not cluster.members[node_id].running:
-            cluster.start(node_id)
+            cluster.start(node_id, join=node_id not in NODES)
     cluster.wait_leader()
 
 
-def final_reads(cluster: Cluster, history: History) -> None:
+def final_reads(cluster: Cluster, history: History, live: list[int]) -> None:
     """Read every key on every node once more: a lost write would show here."""
-    for node_id in NODES:
+    for node_id in live:
         for key in KEYS:
             operation = run_operation(cluster, f"final-{node_id}", node_id, "get", key, None)
             assert operation.return_time is not None, (
@@ -223,18 +312,25 @@ def run_history_test(
     duration_s: float,
     clients: int,
     faults: tuple[str, ...] = ("kill", "pause"),
+    api: str = "rest",
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
     cluster = make_cluster(3, extra_args=SERVER_ARGS)
+    if api == "resp":
+        cluster.enable_resp()
     cluster.start_all()
     cluster.wait_leader()
     history = History()
-    with Clients(cluster, history, clients, seed), Nemesis(cluster, seed, faults) as nemesis:
+    live = list(NODES)
+    with (
+        Clients(cluster, history, clients, seed, api, live),
+        Nemesis(cluster, seed, faults, live) as nemesis,
+    ):
         time.sleep(duration_s)
     assert nemesis.error is None, f"{nemesis.error!r}\n" + "\n".join(nemesis.events)
-    heal(cluster)
-    final_reads(cluster, history)
+    heal(cluster, live)
+    final_reads(cluster, history, live)
     summary = describe(history, nemesis)
     print(summary)
     print("\n".join(nemesis.events))
@@ -270,3 +366,17 @@ def test_history_under_leader_transfers_and_quorum_loss_is_linearizable(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     run_history_test(make_cluster, duration_s=15, clients=4, faults=FAULTS)
+
+
+@pytest.mark.timeout(180)
+def test_history_over_resp_under_faults_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=15, clients=4, faults=FAULTS, api="resp")
+
+
+@pytest.mark.timeout(180)
+def test_history_under_membership_changes_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=15, clients=4, faults=MEMBERSHIP_FAULTS)

@@ -13,40 +13,13 @@ from collections.abc import Callable
 
 import pytest
 
-from .cluster import Cluster, request
+from .cluster import Cluster
 from .workload import Writers
-
-
-def change_membership(cluster: Cluster, via: list[int], method: str, node_id: int) -> None:
-    """POST (add) or DELETE (remove) `node_id` through any node of `via`, retrying while
-    the cluster is busy with another change (409) or between leaders (503).
-
-    An attempt whose outcome is unknown (a timeout, a dropped connection) may have
-    made the change: a retry is then told that it is done already (400)."""
-    body = cluster.peer_urls[node_id - 1] if method == "POST" else None
-    done_already = "already a voter" if method == "POST" else "is not a member"
-    deadline = time.monotonic() + 30
-    uncertain = False
-    while time.monotonic() < deadline:
-        for through in via:
-            try:
-                reply = request(cluster.members[through].port, method, f"/{node_id}", body, 10)
-            except OSError as exc:
-                print(f"{method} /{node_id} through node {through}: {exc!r}")
-                uncertain = True
-                continue
-            print(f"{method} /{node_id} through node {through}: {reply.status} {reply.text}")
-            if reply.status == 204 or (uncertain and done_already in reply.text):
-                return
-            assert reply.status in (409, 503), reply
-            uncertain = uncertain or reply.status == 503
-        time.sleep(0.2)
-    raise AssertionError(f"{method} /{node_id} did not succeed in time")
 
 
 def add_node(cluster: Cluster, live: list[int], rng: random.Random) -> int:
     member = cluster.add_member_slot()
-    change_membership(cluster, rng.sample(live, len(live)), "POST", member.node_id)
+    cluster.change_membership(rng.sample(live, len(live)), "POST", member.node_id)
     cluster.start(member.node_id, join=True)
     live.append(member.node_id)  # The writers may use it from now on.
     return member.node_id
@@ -57,7 +30,7 @@ def remove_node(
 ) -> None:
     live.remove(victim)  # The writers stop choosing it first; writes in flight may fail.
     via = [node_id for node_id in live if node_id != paused]
-    change_membership(cluster, rng.sample(via, len(via)), "DELETE", victim)
+    cluster.change_membership(rng.sample(via, len(via)), "DELETE", victim)
     assert cluster.wait_exit(victim) == 0, cluster.log(victim)
 
 

@@ -81,6 +81,23 @@ def has_pending_change(node: Node) -> bool:
     return bool(node._raw._raft.log.has_pending_conf_change(False))
 
 
+class CutOff:
+    """Every message from and to `node` is lost until `restore()`."""
+
+    def __init__(self, node: Node, monkeypatch: Any) -> None:
+        self.cut = True
+        write_batch = _transport._Peer.write_batch
+
+        def cutting(peer: Any, link: Any, batch: list[Message]) -> None:
+            if not self.cut or (peer.owner is not node._transport and peer.id != node.id):
+                write_batch(peer, link, batch)
+
+        monkeypatch.setattr(_transport._Peer, "write_batch", cutting)
+
+    def restore(self) -> None:
+        self.cut = False
+
+
 async def until(condition: Any, within: float = 5.0) -> None:
     for _ in range(int(within / 0.01)):
         if condition():
@@ -96,14 +113,7 @@ def test_a_lagging_node_checks_a_change_against_the_current_membership(
         async with cluster(tmp_path, tick_ms=20, request_timeout_s=10.0) as nodes:
             leader = await elect(nodes)
             lagging = next(node for node in nodes if node is not leader)
-            cut_off = True
-            write_batch = _transport._Peer.write_batch
-
-            def cutting(peer: Any, link: Any, batch: list[Message]) -> None:
-                if not cut_off or (peer.owner is not lagging._transport and peer.id != lagging.id):
-                    write_batch(peer, link, batch)
-
-            monkeypatch.setattr(_transport._Peer, "write_batch", cutting)
+            link = CutOff(lagging, monkeypatch)
             # Node 4 joins while the lagging node hears nothing (it never starts: the
             # other two still make a majority of the old membership).
             await leader.change_membership(ConfChangeType.ADD_NODE, 4, "http://127.0.0.1:1")
@@ -121,7 +131,7 @@ def test_a_lagging_node_checks_a_change_against_the_current_membership(
             # Not refused as "not a member": it waits to catch up first.
             assert not removal.done(), removal.exception()
             assert not listing.done()
-            cut_off = False
+            link.restore()
             assert member_ids(await asyncio.wait_for(listing, 10))[-1] == 4
             conf_state = await asyncio.wait_for(removal, 10)
             assert 4 not in conf_state.voters
@@ -143,5 +153,27 @@ def test_a_bad_node_id_or_url_is_refused_at_once_even_without_a_leader(tmp_path:
             ]:
                 with pytest.raises(errors.InvalidRequest):
                     await asyncio.wait_for(node.change_membership(change_type, node_id, url), 1)
+
+    asyncio.run(main())
+
+
+def test_a_lagging_node_checks_a_transfer_against_the_current_voters(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    async def main() -> None:
+        async with cluster(tmp_path, tick_ms=20, request_timeout_s=3.0) as nodes:
+            leader = await elect(nodes)
+            lagging, gone = (node for node in nodes if node is not leader)
+            link = CutOff(lagging, monkeypatch)
+            await leader.change_membership(ConfChangeType.REMOVE_NODE, gone.id)
+            assert gone.id in lagging._raw.status().conf_state.voters  # Its view lags.
+            transfer = asyncio.ensure_future(lagging.transfer_leader(gone.id))
+            await asyncio.sleep(0.3)
+            assert not transfer.done(), transfer.exception()
+            link.restore()
+            # Refused as soon as it knows, rather than forwarded, dropped by the
+            # leader, and answered "did not move in time".
+            with pytest.raises(errors.InvalidRequest, match="not a voter"):
+                await asyncio.wait_for(transfer, 10)
 
     asyncio.run(main())

@@ -387,14 +387,17 @@ class Node:
     async def transfer_leader(self, transferee: int) -> None:
         self.check_available()
         try:
-            self._raw.transfer_leader(transferee)
-        except LeaderTransferRefused as exc:
-            raise errors.InvalidRequest(str(exc)) from None
-        except ProposalDropped as exc:
-            raise errors.NoLeader(str(exc)) from None
-        self._wake.set()
-        try:
             async with asyncio.timeout(self.options.request_timeout_s):
+                # Checked against the voters as of now, not against this node's
+                # view, which may lag: it catches up first, as for a read.
+                await self.read_barrier()
+                try:
+                    self._raw.transfer_leader(transferee)
+                except LeaderTransferRefused as exc:
+                    raise errors.InvalidRequest(str(exc)) from None
+                except ProposalDropped as exc:
+                    raise errors.NoLeader(str(exc)) from None
+                self._wake.set()
                 while self.leader_id != transferee:
                     await self._leader_changed.wait()
         except TimeoutError:

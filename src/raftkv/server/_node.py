@@ -136,6 +136,10 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_index = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        #: After a failed snapshot (a full disk, say) the next automatic one waits,
+        #: doubling up to a minute, rather than start again at the next apply.
+        self._snapshot_backoff_s = 0.0
+        self._snapshot_retry_at = 0.0
         #: Serialises the snapshot writes (a received one, a local one): both write
         #: the WAL, which only one writer may do at a time.
         self._snapshot_lock = asyncio.Lock()
@@ -986,7 +990,12 @@ class Node:
             return
         if self.applied_index - self._snapshot_index < self.options.snapshot_count_entries:
             return
-        self._snapshot_task = asyncio.create_task(self._take_snapshot())
+        if self._loop.time() < self._snapshot_retry_at:
+            return
+        task = asyncio.create_task(self._take_snapshot())
+        # Its failure is logged (and retried later): nobody awaits it.
+        task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        self._snapshot_task = task
 
     async def snapshot_now(self) -> dict[str, Any]:
         """Take a snapshot at the applied index now (or wait for the one running)."""
@@ -1037,8 +1046,16 @@ class Node:
                 "loop_stall_max_ms": round(self._lag_max_s * 1000, 1),
             }
             log.info("node %d: snapshot %s", self.id, self.last_snapshot)
+            self._snapshot_backoff_s = 0.0
         except Exception:
-            log.exception("node %d: snapshot at %d failed", self.id, index)
+            backoff = self._snapshot_backoff_s = min(max(1.0, 2 * self._snapshot_backoff_s), 60.0)
+            self._snapshot_retry_at = self._loop.time() + backoff
+            log.exception(
+                "node %d: snapshot at %d failed; the next in %.0f s at the earliest",
+                self.id,
+                index,
+                backoff,
+            )
             raise
         finally:
             self._snapshot_task = None

@@ -313,6 +313,7 @@ def run_history_test(
     clients: int,
     faults: tuple[str, ...] = ("kill", "pause"),
     api: str = "rest",
+    learner: bool = False,
 ) -> None:
     seed = random.randrange(1 << 30)
     print(f"seed {seed}")
@@ -323,6 +324,14 @@ def run_history_test(
     cluster.wait_leader()
     history = History()
     live = list(NODES)
+    if learner:
+        # A fourth node as a learner: clients use it and the nemesis strikes it too.
+        node_id = cluster.add_member_slot().node_id
+        body = json.dumps({"id": node_id, "url": cluster.peer_urls[-1], "learner": True})
+        reply = request(cluster.members[1].port, "POST", "/v1/members", body)
+        assert reply.status == 201, reply
+        cluster.start(node_id, join=True)
+        live.append(node_id)
     with (
         Clients(cluster, history, clients, seed, api, live),
         Nemesis(cluster, seed, faults, live) as nemesis,
@@ -380,3 +389,11 @@ def test_history_under_membership_changes_is_linearizable(
     make_cluster: Callable[..., Cluster],
 ) -> None:
     run_history_test(make_cluster, duration_s=15, clients=4, faults=MEMBERSHIP_FAULTS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_history_through_a_learner_too_is_linearizable(
+    make_cluster: Callable[..., Cluster],
+) -> None:
+    run_history_test(make_cluster, duration_s=20, clients=4, learner=True)

@@ -13,21 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from .cluster import Cluster, request
-from .workload import Writers
+from .workload import Writers, check_promises
 
 NODES = (1, 2, 3)
 
 
 def check_every_node(cluster: Cluster, writers: Writers) -> None:
-    """Read every key back, linearizably, from each node and check every promise."""
-    outcomes = writers.outcomes()
-    print(outcomes.summary())
-    for node_id in NODES:
-        stored = cluster.scan(node_id, writers.prefix)
-        problems = outcomes.problems_in(stored, writers.prefix)
-        assert not problems, f"node {node_id}: {len(problems)} problems:\n" + "\n".join(
-            problems[:20]
-        )
+    check_promises(cluster, writers, list(NODES))
 
 
 def restart_all(cluster: Cluster) -> None:

@@ -168,3 +168,16 @@ class Writers:
         for outcomes in self._outcomes:
             merged.merge(outcomes)
         return merged
+
+
+def check_promises(cluster: Cluster, writers: Writers, node_ids: list[int]) -> None:
+    """Read every key of the writers back, linearizably, from each of `node_ids`,
+    and check every promise their answers made."""
+    outcomes = writers.outcomes()
+    print(outcomes.summary())
+    for node_id in node_ids:
+        stored = cluster.scan(node_id, writers.prefix)
+        problems = outcomes.problems_in(stored, writers.prefix)
+        assert not problems, f"node {node_id}: {len(problems)} problems:\n" + "\n".join(
+            problems[:20]
+        )

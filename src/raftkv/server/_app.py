@@ -66,9 +66,11 @@ class Server:
         log.info("node %d serving RESP on %s:%d", options.id, options.listen_host, resp.port)
 
     async def stop(self) -> None:
-        """Stop serving. The node stops before the REST server closes, so requests
-        still waiting (say, for a quorum) fail at once (503) instead of holding up
-        the shutdown until their timeout."""
+        """Stop serving. A leader first hands leadership to another voter (so the
+        cluster need not wait out an election timeout). The node stops before the
+        REST server closes, so requests still waiting (say, for a quorum) fail at
+        once (503) instead of holding up the shutdown until their timeout."""
+        await self.node.hand_over_leadership()
         if self.resp is not None:
             resp, self.resp = self.resp, None
             await resp.stop()

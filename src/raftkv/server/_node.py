@@ -265,6 +265,34 @@ class Node:
         ]
         self._wake.set()
 
+    async def hand_over_leadership(self) -> None:
+        """If this node leads, pass leadership to the most up-to-date other voter and
+        wait, an election timeout at most, until that node leads: a graceful stop
+        then leaves the cluster without a leader for a round trip or two rather
+        than an election timeout. Best effort: on any failure the stop goes on."""
+        if self.role is not Role.LEADER or self._stopping or self.removed.is_set():
+            return
+        status = self._raw.status()
+        others = [
+            (progress.match, node_id)
+            for node_id, progress in status.progress.items()
+            if node_id != self.id and node_id in status.conf_state.voters and progress.recent_active
+        ]
+        if not others:
+            return
+        transferee = max(others)[1]
+        try:
+            self._raw.transfer_leader(transferee)
+        except (LeaderTransferRefused, ProposalDropped):
+            return
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.options.election_ticks * self.options.tick_ms / 1000):
+                while self.leader_id in (0, self.id):
+                    await self._leader_changed.wait()
+        if self.leader_id not in (0, self.id):
+            log.info("node %d: handed leadership to node %d", self.id, self.leader_id)
+
     async def stop(self) -> None:
         if self._stopping or not self._tasks:
             self._stopping = True

@@ -175,9 +175,10 @@ class Clients:
 
 
 #: The nemesis's faults: kill -9 of a node and its restart, pause (SIGSTOP) and
-#: resume, a leadership transfer to a random node asked of a random node, and
-#: kill -9 of two nodes at once (no quorum) and their restart.
-FAULTS = ("kill", "pause", "transfer", "quorum")
+#: resume, a leadership transfer to a random node asked of a random node, kill -9
+#: of two nodes at once (no quorum) and their restart, and a graceful restart
+#: (SIGTERM: a leader hands leadership over first).
+FAULTS = ("kill", "pause", "transfer", "quorum", "restart")
 #: Replace a member: add a new node (it joins, catching up by snapshot), then
 #: remove a random one (the leader, perhaps). Drawn twice as often as the others.
 MEMBERSHIP_FAULTS = ("kill", "pause", "replace", "replace")
@@ -226,6 +227,12 @@ class Nemesis:
                     time.sleep(outage_s)
                     self.cluster.resume(node_id)
                     self._note(f"resumed node {node_id}")
+                elif fault == "restart":
+                    self._note(f"SIGTERM node {node_id}")
+                    code = self.cluster.stop(node_id, signal.SIGTERM)
+                    assert code == 0, f"node {node_id} exited with {code} on SIGTERM"
+                    self.cluster.start(node_id, join=node_id not in NODES)
+                    self._note(f"restarted node {node_id}")
                 elif fault == "transfer":
                     self._transfer(node_id, self.rng.choice(self.live))
                 elif fault == "replace":

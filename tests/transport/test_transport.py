@@ -155,12 +155,16 @@ async def test_a_down_peer_is_reported_once_its_messages_dropped_and_it_is_redia
         assert stats.messages_dropped >= 9
         assert stats.connect_failures >= 2
 
+        assert not a.transport.connected(2)
         b = Node(2, {1: a.address}, port=port)
         async with running(b):
             await connected(a, b)
             await connected(b, a)
+            assert a.transport.connected(2)
         # b stopped: a new failure episode begins.
         await wait_for(lambda: a.unreachable == [2, 2], "the second report")
+        assert not a.transport.connected(2)
+        assert not a.transport.connected(7)  # Not a peer at all.
 
 
 @async_test

@@ -136,6 +136,10 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self._snapshot_index = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        #: While a stopping leader hands over (`hand_over_leadership`): to whom, and
+        #: set if that node's connection drops meanwhile.
+        self._handing_over_to = 0
+        self._hand_over_lost = asyncio.Event()
         #: After a failed snapshot (a full disk, say) the next automatic one waits,
         #: doubling up to a minute, rather than start again at the next apply.
         self._snapshot_backoff_s = 0.0
@@ -266,17 +270,21 @@ class Node:
         self._wake.set()
 
     async def hand_over_leadership(self) -> None:
-        """If this node leads, pass leadership to the most up-to-date other voter and
-        wait, an election timeout at most, until that node leads: a graceful stop
-        then leaves the cluster without a leader for a round trip or two rather
-        than an election timeout. Best effort: on any failure the stop goes on."""
+        """If this node leads, pass leadership to the most up-to-date other voter it
+        is connected to, and wait until that node leads: an election timeout at
+        most, and no longer once that node's connection drops. A graceful stop then
+        leaves the cluster without a leader for a round trip or two rather than an
+        election timeout. Best effort: on any failure the stop goes on."""
         if self.role is not Role.LEADER or self._stopping or self.removed.is_set():
             return
         status = self._raw.status()
         others = [
             (progress.match, node_id)
             for node_id, progress in status.progress.items()
-            if node_id != self.id and node_id in status.conf_state.voters and progress.recent_active
+            if node_id != self.id
+            and node_id in status.conf_state.voters
+            and progress.recent_active
+            and self._transport.connected(node_id)
         ]
         if not others:
             return
@@ -286,10 +294,20 @@ class Node:
         except (LeaderTransferRefused, ProposalDropped):
             return
         self._wake.set()
-        with contextlib.suppress(TimeoutError):
+        # Given up if the transferee's connection drops (it is stopping too, say).
+        self._handing_over_to = transferee
+        lost = asyncio.ensure_future(self._hand_over_lost.wait())
+        try:
             async with asyncio.timeout(self.options.election_ticks * self.options.tick_ms / 1000):
-                while self.leader_id in (0, self.id):
-                    await self._leader_changed.wait()
+                while self.leader_id in (0, self.id) and not lost.done():
+                    changed = asyncio.ensure_future(self._leader_changed.wait())
+                    await asyncio.wait((changed, lost), return_when=asyncio.FIRST_COMPLETED)
+                    changed.cancel()
+        except TimeoutError:
+            pass
+        finally:
+            lost.cancel()
+            self._handing_over_to = 0
         if self.leader_id not in (0, self.id):
             log.info("node %d: handed leadership to node %d", self.id, self.leader_id)
 
@@ -623,6 +641,8 @@ class Node:
             self._transport.flush()
 
     def _on_unreachable(self, node_id: int) -> None:
+        if node_id == self._handing_over_to:
+            self._hand_over_lost.set()
         self._raw.report_unreachable(node_id)
         self.metrics.peer_send_errors.labels(peer=str(node_id)).inc()
 

@@ -179,6 +179,11 @@ class Transport:
     def peers(self) -> dict[int, Address]:
         return {peer_id: peer.address for peer_id, peer in self._peers.items()}
 
+    def connected(self, peer_id: int) -> bool:
+        """Whether the connection to `peer_id` is up now."""
+        peer = self._peers.get(peer_id)
+        return peer is not None and peer.state is _State.CONNECTED
+
     def stats(self) -> TransportStats:
         return dataclasses.replace(self._stats)
 

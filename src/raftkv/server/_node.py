@@ -137,9 +137,8 @@ class Node:
         self._snapshot_index = 0
         self._snapshot_task: asyncio.Task[None] | None = None
         #: While a stopping leader hands over (`hand_over_leadership`): to whom, and
-        #: set if that node's connection drops meanwhile.
-        self._handing_over_to = 0
-        self._hand_over_lost = asyncio.Event()
+        #: an event set if that node's connection drops meanwhile.
+        self._hand_over: tuple[int, asyncio.Event] | None = None
         #: After a failed snapshot (a full disk, say) the next automatic one waits,
         #: doubling up to a minute, rather than start again at the next apply.
         self._snapshot_backoff_s = 0.0
@@ -153,7 +152,7 @@ class Node:
         #: node tuned for slow elections still retries before its clients give up.
         options = self.options
         self._retry_after_s = min(
-            options.election_ticks * options.tick_ms / 1000,
+            self._election_timeout_s,
             max(5 * options.tick_ms / 1000, options.request_timeout_s / 4),
         )
         #: Figures of the last snapshot this node took (for /v1/snapshot and logs).
@@ -295,10 +294,11 @@ class Node:
             return
         self._wake.set()
         # Given up if the transferee's connection drops (it is stopping too, say).
-        self._handing_over_to = transferee
-        lost = asyncio.ensure_future(self._hand_over_lost.wait())
+        dropped = asyncio.Event()
+        self._hand_over = (transferee, dropped)
+        lost = asyncio.ensure_future(dropped.wait())
         try:
-            async with asyncio.timeout(self.options.election_ticks * self.options.tick_ms / 1000):
+            async with asyncio.timeout(self._election_timeout_s):
                 while self.leader_id in (0, self.id) and not lost.done():
                     changed = asyncio.ensure_future(self._leader_changed.wait())
                     await asyncio.wait((changed, lost), return_when=asyncio.FIRST_COMPLETED)
@@ -307,7 +307,7 @@ class Node:
             pass
         finally:
             lost.cancel()
-            self._handing_over_to = 0
+            self._hand_over = None
         if self.leader_id not in (0, self.id):
             log.info("node %d: handed leadership to node %d", self.id, self.leader_id)
 
@@ -641,8 +641,8 @@ class Node:
             self._transport.flush()
 
     def _on_unreachable(self, node_id: int) -> None:
-        if node_id == self._handing_over_to:
-            self._hand_over_lost.set()
+        if self._hand_over is not None and self._hand_over[0] == node_id:
+            self._hand_over[1].set()
         self._raw.report_unreachable(node_id)
         self.metrics.peer_send_errors.labels(peer=str(node_id)).inc()
 
@@ -973,7 +973,12 @@ class Node:
     def _removal_grace_s(self) -> float:
         """How long the entry of a removal may take to reach the removed node: two
         election timeouts."""
-        return 2 * self.options.election_ticks * self.options.tick_ms / 1000
+        return 2 * self._election_timeout_s
+
+    @property
+    def _election_timeout_s(self) -> float:
+        """The shortest election timeout (elections come after 1-2 of them)."""
+        return self.options.election_ticks * self.options.tick_ms / 1000
 
     def _forget_peer(self, node_id: int) -> None:
         if node_id not in self.members and not self._stopping:
